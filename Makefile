@@ -1,0 +1,50 @@
+# vloc: the README's two commands are `make demo` and `make test`.
+# Every target first installs what is missing on a fresh Debian machine; all are idempotent.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip
+STAMP_APT := $(VENV)/.apt-stamp
+STAMP_DEPS := $(VENV)/.deps-stamp
+APT_PKGS := libusb-1.0-0 libgl1 libgomp1 libglib2.0-0
+PIP_FLAGS := --disable-pip-version-check -c constraints.txt
+TORCH_WHEEL_DIR ?= /opt/wheels
+
+.PHONY: install demo test bench clean-venv
+
+install: $(STAMP_DEPS)
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null || PY=python3; $${PY:-$(PY)} -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install $(PIP_FLAGS) -q --upgrade pip setuptools wheel
+
+$(STAMP_APT):
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+# torch first, from the local CPU wheel when present, and pinned by constraints.txt from then on.
+$(STAMP_DEPS): $(STAMP_APT) $(BIN)/python pyproject.toml constraints.txt
+	@$(BIN)/python -c "import torch" 2>/dev/null || \
+	  $(PIP) install $(PIP_FLAGS) -q --find-links $(TORCH_WHEEL_DIR) torch==2.13.0
+	$(PIP) install $(PIP_FLAGS) -q -e '.[dev]'
+	@$(BIN)/python -c "import torch, kornia, cv2, pycolmap, open3d, pyproj, fastapi; print('deps ok: torch', torch.__version__, 'pycolmap', pycolmap.__version__)"
+	@touch $@
+
+demo: install
+	$(BIN)/vloc demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/vloc bench mapping
+
+clean-venv:
+	rm -rf $(VENV)

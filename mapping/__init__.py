@@ -1,0 +1,1 @@
+"""vloc stage: mapping."""
