@@ -1,5 +1,25 @@
+"""The `vloc` command: one CLI over the stages (map, bench, demo)."""
+from __future__ import annotations
+
 import typer
-app = typer.Typer()
-@app.command()
-def version():
-    print("0.1.0")
+
+from mapping.cli import app as map_app
+
+app = typer.Typer(help="vloc: indoor visual localization and HD maps for delivery robots.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(map_app, name="map")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the vloc version."""
+    from vloc import __version__
+    print(__version__)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

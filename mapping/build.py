@@ -1,0 +1,291 @@
+"""`vloc map build`: images (+ poses) -> map bundle. One entry function, configs as data."""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycolmap
+
+from mapping import bundle as bundle_io
+from mapping.features import Features, SiftConfig, make_backend
+from mapping.matching import (MatchConfig, VerifiedPair, match_descriptors, normalise_descriptors,
+                              verify_unknown_pose, verify_with_poses)
+from mapping.pairs import PosePairConfig, pairs_exhaustive, pairs_from_poses, pairs_from_similarity
+from mapping.reconstruct import (ReconstructionConfig, filter_points, reprojection_errors,
+                                 structure_from_motion, triangulate_known_poses)
+from mapping.retrieval import RetrievalConfig, RetrievalIndex
+from vloc import __version__
+from vloc.camera import Camera
+from vloc.progress import QUIET, Reporter
+from vloc.types import ImageRecord, VlocError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that defines a map build (recorded in the manifest)."""
+
+    features: SiftConfig = field(default_factory=SiftConfig)
+    pairs: PosePairConfig = field(default_factory=PosePairConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    #: unposed maps up to this many images are matched exhaustively, larger ones by retrieval.
+    exhaustive_max_images: int = 40
+    #: unposed: partners per image from retrieval, and sequential neighbours.
+    retrieval_pairs_k: int = 15
+    sequential_window: int = 3
+    workers: int = max(1, os.cpu_count() or 1)
+
+
+def resolve_images(root: Path, records: list[ImageRecord], reporter: Reporter = QUIET) -> list[ImageRecord]:
+    """Map each record's name to a file under root; accept a file with the same stem and another
+    image extension (the shared pgt files name .png, the images are .jpg) and say so once."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VlocError(f"image root {root} is not a directory")
+    out, renamed, missing = [], [], []
+    for r in records:
+        p = root / r.name
+        if p.is_file():
+            out.append(r)
+            continue
+        stem = r.name[: -len(Path(r.name).suffix)] if Path(r.name).suffix else r.name
+        alt = next((stem + e for e in IMAGE_EXTS if (root / (stem + e)).is_file()), None)
+        if alt is None:
+            missing.append(r.name)
+            continue
+        renamed.append((r.name, alt))
+        out.append(replace(r, name=alt))
+    if missing:
+        raise VlocError(f"{len(missing)} image(s) named by the poses are missing under {root}, "
+                        f"e.g. {missing[:3]}")
+    if renamed:
+        reporter.log(f"note: matched {len(renamed)} image name(s) by stem, e.g. {renamed[0][0]} -> {renamed[0][1]}")
+    names = [r.name for r in out]
+    if len(set(names)) != len(names):
+        raise VlocError("the image list names the same image twice")
+    return out
+
+
+def list_images(root: Path) -> list[str]:
+    """All image files under root (recursive, sorted), POSIX paths relative to root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VlocError(f"image root {root} is not a directory")
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix in IMAGE_EXTS and not p.name.startswith("."))
+
+
+def read_gray(path: Path, camera: Camera | None) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise VlocError(f"cannot read image {path} (missing, empty or not an image)")
+    if camera is not None and (img.shape[1], img.shape[0]) != (camera.width, camera.height):
+        raise VlocError(f"image {path} is {img.shape[1]}x{img.shape[0]} but its camera says "
+                        f"{camera.width}x{camera.height}")
+    return img
+
+
+def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter) -> list[Features]:
+    # OpenCV releases the GIL; one backend per thread keeps detector state separate.
+    local = threading.local()
+
+    def one(r: ImageRecord) -> Features:
+        if not hasattr(local, "backend"):
+            local.backend = make_backend("sift", **asdict(cfg.features))
+        return local.backend.extract(read_gray(Path(root) / r.name, r.camera))
+
+    with ThreadPoolExecutor(cfg.workers) as ex:
+        feats = list(reporter.track(ex.map(one, records), "features", total=len(records)))
+    empty = [r.name for r, f in zip(records, feats) if len(f) < 20]
+    if len(empty) == len(records):
+        raise VlocError("no image has usable local features (blank or unreadable images?)")
+    return feats
+
+
+def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[tuple[int, int]],
+                posed: bool, cfg: BuildConfig, reporter: Reporter) -> dict[tuple[int, int], VerifiedPair]:
+    desc = [normalise_descriptors(f.descriptors) for f in feats]
+    mc = cfg.matching
+
+    def one(pair: tuple[int, int]):
+        i, j = pair
+        m = match_descriptors(desc[i], desc[j], mc.ratio, mc.mutual)
+        if len(m) < mc.min_inliers:
+            return pair, None
+        a, b = records[i], records[j]
+        if posed:
+            vp = verify_with_poses(feats[i].keypoints, feats[j].keypoints, m, a.camera, b.camera,
+                                   a.cam_from_world, b.cam_from_world, mc.max_epipolar_error_px)
+        else:
+            vp = verify_unknown_pose(feats[i].keypoints, feats[j].keypoints, m, a.camera, b.camera,
+                                     mc.max_epipolar_error_px, mc.ransac_confidence)
+        return pair, (vp if vp is not None and len(vp.matches) >= mc.min_inliers else None)
+
+    with ThreadPoolExecutor(cfg.workers) as ex:
+        results = list(reporter.track(ex.map(one, pairs), "matching", total=len(pairs)))
+    return {p: vp for p, vp in results if vp is not None}
+
+
+def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feats: list[Features]):
+    """Model with only observing 2D points per registered image, plus the matching feature rows.
+
+    Returns (compact Reconstruction, names, keypoints, descriptors, point3D_ids) in image order.
+    """
+    out = pycolmap.Reconstruction()
+    for cam_id, cam in rec.cameras.items():
+        out.add_camera_with_trivial_rig(cam)
+    name_to_idx = {r.name: k for k, r in enumerate(records)}
+    names, kps, descs, pids = [], [], [], []
+    point_obs: dict[int, list[tuple[int, int]]] = {}
+    for image_id in sorted(rec.reg_image_ids()):
+        im = rec.image(image_id)
+        idx = np.array([k for k, p in enumerate(im.points2D) if p.has_point3D()], np.int64)
+        if len(idx) == 0:
+            continue
+        f = feats[name_to_idx[im.name]]
+        new_kp = np.asarray([im.points2D[int(k)].xy for k in idx], np.float64)
+        ids = np.array([im.points2D[int(k)].point3D_id for k in idx], np.int64)
+        new_im = pycolmap.Image(name=im.name, keypoints=new_kp, camera_id=im.camera_id, image_id=image_id)
+        out.add_image_with_trivial_frame(new_im, im.cam_from_world())
+        for row, pid in enumerate(ids):
+            point_obs.setdefault(int(pid), []).append((image_id, row))
+        names.append(im.name)
+        kps.append(new_kp.astype(np.float32))
+        descs.append(f.descriptors[idx])
+        pids.append(ids)
+    id_map = {}
+    for pid, obs in point_obs.items():
+        p = rec.points3D[pid]
+        track = pycolmap.Track()
+        for image_id, row in obs:
+            track.add_element(image_id, row)
+        new_id = out.add_point3D(p.xyz, track, p.color)
+        id_map[pid] = new_id
+    pids = [np.array([id_map[int(x)] for x in ids], np.int64) for ids in pids]
+    out.update_point_3d_errors()
+    return out, names, kps, descs, pids
+
+
+def source_checksums(root: Path, records: list[ImageRecord], pose_file: Path | None) -> dict:
+    out = {"images_root": str(Path(root).absolute()),
+           "images": {r.name: bundle_io.sha256_file(Path(root) / r.name) for r in records}}
+    if pose_file is not None:
+        out["pose_file"] = {"path": str(Path(pose_file).absolute()), "sha256": bundle_io.sha256_file(pose_file)}
+    return out
+
+
+def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: BuildConfig = BuildConfig(),
+              pose_file: Path | None = None, pose_format: str | None = None,
+              reporter: Reporter = QUIET) -> dict:
+    """Build a bundle at ``out`` from records (all posed, or all unposed). Returns the manifest."""
+    t0 = time.perf_counter()
+    records = resolve_images(images_root, records, reporter)
+    if len(records) < 2:
+        raise VlocError(f"a map needs at least 2 images, got {len(records)}")
+    if any(r.camera is None for r in records):
+        raise VlocError("some images have no camera: pass --camera 'MODEL W H PARAMS...'")
+    posed_flags = {r.cam_from_world is not None for r in records}
+    if len(posed_flags) > 1:
+        raise VlocError("some images have poses and some do not: give poses for all or none")
+    posed = posed_flags == {True}
+    timings = {}
+
+    t = time.perf_counter()
+    feats = extract_all(images_root, records, cfg, reporter)
+    timings["features_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    index = RetrievalIndex.build([r.name for r in records], [f.descriptors for f in feats], cfg.retrieval)
+    timings["retrieval_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if posed:
+        pairs = pairs_from_poses([r.camera for r in records], [r.cam_from_world for r in records], cfg.pairs)
+    elif len(records) <= cfg.exhaustive_max_images:
+        pairs = pairs_exhaustive(len(records))
+    else:
+        pairs = pairs_from_similarity(index.similarity_matrix(), cfg.retrieval_pairs_k, cfg.sequential_window)
+    if not pairs:
+        raise VlocError("no overlapping image pairs found (are the poses in metres and do the views overlap?)")
+    verified = match_pairs(records, feats, pairs, posed, cfg, reporter)
+    timings["matching_s"] = time.perf_counter() - t
+    if not verified:
+        raise VlocError("no image pair has enough verified matches")
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vloc-build-") as work:
+        if posed:
+            rec = triangulate_known_poses(records, feats, verified, Path(work), cfg.reconstruction)
+        else:
+            rec = structure_from_motion(records, feats, verified, Path(work), cfg.reconstruction)
+    removed = filter_points(rec, cfg.reconstruction)
+    if rec.num_points3D() == 0:
+        raise VlocError("every triangulated point failed the track-length / reprojection filter")
+    rec.extract_colors_for_all_images(str(images_root))
+    timings["reconstruction_s"] = time.perf_counter() - t
+
+    compact, names, kps, descs, pids = compact_model(rec, records, feats)
+    errs = reprojection_errors(compact)
+    registered = set(names)
+    stats = {
+        "n_images_input": len(records),
+        "n_images": len(names),
+        "n_images_unregistered": len(records) - len(names),
+        "n_points3D": compact.num_points3D(),
+        "n_observations": int(sum(len(k) for k in kps)),
+        "mean_track_length": float(compact.compute_mean_track_length()),
+        "reprojection_error_px": {"mean": float(errs.mean()), "median": float(np.median(errs)),
+                                  "p90": float(np.percentile(errs, 90))},
+        "n_pairs": len(pairs), "n_verified_pairs": len(verified), "n_points_filtered": removed,
+        "mean_keypoints_per_image": float(np.mean([len(f) for f in feats])),
+    }
+    keep = [k for k, n in enumerate(index.names) if n in registered]
+    order = {n: k for k, n in enumerate(index.names)}
+    index = RetrievalIndex(index.centroids, index.descriptors[[order[n] for n in names]], names) \
+        if len(keep) != len(index.names) or names != index.names else index
+
+    with bundle_io.atomic_directory(out) as tmp:
+        (tmp / "model").mkdir()
+        compact.write_binary(str(tmp / "model"))
+        bundle_io.write_features_h5(tmp / "features.h5", names, kps, descs, pids)
+        index.save(tmp / "retrieval.npz")
+        stats["build_seconds"] = time.perf_counter() - t0
+        stats["timings"] = timings
+        manifest = {
+            "vloc_version": __version__,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "conventions": bundle_io.CONVENTIONS,
+            "world_frame": ({"kind": "poses", "source_format": pose_format, "metric": True} if posed else
+                            {"kind": "sfm", "metric": False,
+                             "note": "arbitrary similarity frame until georeferenced"}),
+            "cameras": [{"camera_id": int(cid), **Camera.from_pycolmap(c).__dict__}
+                        for cid, c in compact.cameras.items()],
+            "features": {"type": "sift-opencv", "descriptor": "sift-uint8", "dim": 128,
+                         "config": asdict(cfg.features)},
+            "mapping": {"posed": posed, "config": _jsonable(asdict(cfg))},
+            "retrieval": {"type": "vlad", "n_clusters": int(len(index.centroids)), "dim": int(index.descriptors.shape[1])},
+            "statistics": stats,
+            "sources": source_checksums(images_root, records, pose_file),
+        }
+        stats["bytes_on_disk"] = bundle_io.dir_size(tmp)
+        stats["bytes_per_image"] = stats["bytes_on_disk"] / max(1, len(names))
+        bundle_io.write_manifest(tmp, manifest)
+    return bundle_io.read_manifest(out)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x

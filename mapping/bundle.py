@@ -1,0 +1,176 @@
+"""The map bundle: one directory, written atomically, read by localize/, api/ and robots/.
+
+Layout (format version 1)::
+
+    BUNDLE/
+      manifest.json     format, version, units, frame conventions, cameras, feature type,
+                        statistics, checksums of the source data and of every file below
+      model/            COLMAP binary model (cameras.bin, images.bin, points3D.bin, rigs.bin,
+                        frames.bin); images keep only the 2D points that observe a 3D point
+      features.h5       HDF5, flat arrays over all map observations, image by image:
+                          keypoints (T, 2) float32 pixels (COLMAP convention)
+                          descriptors (T, D) uint8 | float32
+                          point3D_ids (T,) int64 (ids in model/)
+                          image_offsets (N+1,) int64: image k owns rows offsets[k]:offsets[k+1]
+                          image_names (N,) utf-8, in model image order
+      retrieval.npz     VLAD index (see mapping.retrieval)
+
+Writes go to a hidden sibling temp directory that is renamed into place, so a
+reader sees either the old bundle or the new one, never a half-written one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from vloc.types import VlocError
+
+FORMAT_NAME = "vloc-map-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+CONVENTIONS = {
+    "units": "metres",
+    "pose": "cam_from_world: x_cam = R @ x_world + t (COLMAP image pose)",
+    "quaternion": "w, x, y, z (Hamilton, unit)",
+    "camera_frame": "x right, y down, z forward",
+    "pixel": "COLMAP: centre of the top-left pixel is (0.5, 0.5)",
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temp directory beside ``final``; on success rename it to ``final`` (replacing it).
+
+    On any exception the temp directory is removed and ``final`` is untouched.
+    """
+    final = Path(final).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_features_h5(path: Path, names: list[str], keypoints: list[np.ndarray], descriptors: list[np.ndarray],
+                      point3d_ids: list[np.ndarray]) -> None:
+    """Write the flat observation arrays (see module docstring). Lists are per image, same order as names."""
+    offsets = np.zeros(len(names) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(k) for k in keypoints])
+    dim = descriptors[0].shape[1] if descriptors else 128
+    dtype = descriptors[0].dtype if descriptors else np.uint8
+    with h5py.File(path, "w") as f:
+        f.attrs["layout"] = "flat-observations-v1"
+        f.create_dataset("keypoints", data=np.concatenate(keypoints).astype(np.float32) if keypoints
+                         else np.zeros((0, 2), np.float32))
+        f.create_dataset("descriptors", data=np.concatenate(descriptors) if descriptors
+                         else np.zeros((0, dim), dtype))
+        f.create_dataset("point3D_ids", data=np.concatenate(point3d_ids).astype(np.int64) if point3d_ids
+                         else np.zeros(0, np.int64))
+        f.create_dataset("image_offsets", data=offsets)
+        f.create_dataset("image_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+
+
+@dataclass
+class FeatureTable:
+    """The bundle's observation table, loaded into memory (see module docstring for shapes)."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    point3d_ids: np.ndarray
+    image_offsets: np.ndarray
+    image_names: list[str]
+
+    def rows(self, image_index: int) -> slice:
+        return slice(int(self.image_offsets[image_index]), int(self.image_offsets[image_index + 1]))
+
+
+def read_features_h5(path: Path) -> FeatureTable:
+    with h5py.File(path, "r") as f:
+        return FeatureTable(f["keypoints"][()], f["descriptors"][()], f["point3D_ids"][()],
+                            f["image_offsets"][()], [n.decode() if isinstance(n, bytes) else str(n)
+                                                     for n in f["image_names"][()]])
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    files = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            files[p.relative_to(root).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "files": files}
+    (Path(root) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def read_manifest(bundle: Path) -> dict:
+    """Read and check a bundle's manifest; refuses unknown formats and newer versions."""
+    path = Path(bundle) / MANIFEST
+    if not Path(bundle).is_dir():
+        raise VlocError(f"{bundle} is not a map bundle directory")
+    if not path.is_file():
+        raise VlocError(f"{bundle} has no {MANIFEST}: not a vloc map bundle (or an unfinished one)")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VlocError(f"{path}: manifest is not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        raise VlocError(f"{path}: unknown bundle format {m.get('format') if isinstance(m, dict) else m!r}"
+                        f" (expected {FORMAT_NAME!r})")
+    v = m.get("format_version")
+    if not isinstance(v, int):
+        raise VlocError(f"{path}: format_version missing or not an integer")
+    if v > FORMAT_VERSION:
+        raise VlocError(f"{bundle}: bundle format version {v} is newer than this vloc supports "
+                        f"({FORMAT_VERSION}); upgrade vloc to read it")
+    if v < 1:
+        raise VlocError(f"{bundle}: unknown bundle format version {v}")
+    return m
+
+
+def verify_files(bundle: Path, manifest: dict) -> list[str]:
+    """Names of files whose size or checksum differs from the manifest (empty when intact)."""
+    bad = []
+    for rel, info in manifest.get("files", {}).items():
+        p = Path(bundle) / rel
+        if not p.is_file() or p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
+            bad.append(rel)
+    return bad

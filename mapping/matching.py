@@ -1,0 +1,125 @@
+"""Descriptor matching and two-view geometric verification (pure functions).
+
+Matches are (M, 2) int64 arrays of keypoint indices (image 1, image 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from mapping.features import root_sift
+from vloc.camera import Camera
+from vloc.geometry import Rigid3
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Matching and verification settings."""
+
+    #: Lowe ratio (on L2 distances of RootSIFT); 1.0 disables.
+    ratio: float = 0.85
+    #: keep only mutual nearest neighbours.
+    mutual: bool = True
+    #: epipolar (Sampson) threshold in pixels for verification.
+    max_epipolar_error_px: float = 4.0
+    #: pairs with fewer verified matches are dropped.
+    min_inliers: int = 15
+    #: RANSAC confidence for unknown poses.
+    ransac_confidence: float = 0.9999
+
+
+def normalise_descriptors(desc: np.ndarray) -> np.ndarray:
+    """(N, D) uint8 SIFT -> RootSIFT; float descriptors -> L2-normalised float32."""
+    if desc.dtype == np.uint8:
+        return root_sift(desc)
+    d = desc.astype(np.float32)
+    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-8)
+
+
+def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutual: bool = True) -> np.ndarray:
+    """Nearest-neighbour matching of unit-norm float32 descriptors (N1, D), (N2, D) -> (M, 2) int64.
+
+    Runs on torch (multi-threaded reductions; the device follows the inputs when tensors are given).
+    """
+    if len(d1) < 2 or len(d2) < 2:
+        return np.zeros((0, 2), np.int64)
+    a = torch.as_tensor(d1, dtype=torch.float32)
+    b = torch.as_tensor(d2, dtype=torch.float32)
+    sim = a @ b.T
+    back = sim.argmax(dim=0) if mutual else None
+    s_best, best = sim.max(dim=1)
+    rows = torch.arange(len(a), device=sim.device)
+    sim[rows, best] = -2.0
+    s_second = sim.max(dim=1).values
+    dist_best = torch.sqrt(torch.clamp(2 - 2 * s_best, min=0))
+    dist_second = torch.sqrt(torch.clamp(2 - 2 * s_second, min=0))
+    keep = dist_best <= ratio * dist_second
+    if mutual:
+        keep &= back[best] == rows
+    i1 = torch.nonzero(keep).squeeze(1)
+    return torch.stack([i1, best[i1]], dim=1).cpu().numpy().astype(np.int64)
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
+def essential_from_pose(cam2_from_cam1: Rigid3) -> np.ndarray:
+    """(3, 3) E with x2^T E x1 = 0 for normalised coordinates."""
+    return skew(cam2_from_cam1.translation) @ cam2_from_cam1.rotation
+
+
+def sampson_error(E: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """Sampson distance (N,) of normalised correspondences (N, 2) under E (normalised units)."""
+    h1 = np.c_[x1, np.ones(len(x1))]
+    h2 = np.c_[x2, np.ones(len(x2))]
+    Ex1 = h1 @ E.T
+    Etx2 = h2 @ E
+    num = np.sum(h2 * Ex1, axis=1) ** 2
+    den = Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx2[:, 0] ** 2 + Etx2[:, 1] ** 2
+    return np.sqrt(num / np.maximum(den, 1e-18))
+
+
+@dataclass
+class VerifiedPair:
+    """Verified matches of one image pair and their relative pose ``cam2_from_cam1`` (unit-free if estimated)."""
+
+    matches: np.ndarray
+    cam2_from_cam1: Rigid3
+    E: np.ndarray
+
+
+def verify_with_poses(kp1: np.ndarray, kp2: np.ndarray, matches: np.ndarray, cam1: Camera, cam2: Camera,
+                      cam1_from_world: Rigid3, cam2_from_world: Rigid3, max_error_px: float) -> VerifiedPair:
+    """Keep the matches consistent with the known epipolar geometry of two posed images."""
+    cam2_from_cam1 = cam2_from_world * cam1_from_world.inverse()
+    E = essential_from_pose(cam2_from_cam1)
+    if len(matches) == 0:
+        return VerifiedPair(matches, cam2_from_cam1, E)
+    x1 = cam1.unproject(kp1[matches[:, 0]])
+    x2 = cam2.unproject(kp2[matches[:, 1]])
+    f = 0.5 * (np.mean(cam1.focals) + np.mean(cam2.focals))
+    err = sampson_error(E, x1, x2) * f
+    return VerifiedPair(matches[err <= max_error_px], cam2_from_cam1, E)
+
+
+def verify_unknown_pose(kp1: np.ndarray, kp2: np.ndarray, matches: np.ndarray, cam1: Camera, cam2: Camera,
+                        max_error_px: float, confidence: float = 0.9999) -> VerifiedPair | None:
+    """Estimate E with OpenCV USAC-MAGSAC on undistorted normalised points; None when it fails."""
+    if len(matches) < 8:
+        return None
+    x1 = cam1.unproject(kp1[matches[:, 0]])
+    x2 = cam2.unproject(kp2[matches[:, 1]])
+    f = 0.5 * (np.mean(cam1.focals) + np.mean(cam2.focals))
+    E, mask = cv2.findEssentialMat(x1, x2, np.eye(3), method=cv2.USAC_MAGSAC, prob=confidence,
+                                   threshold=max_error_px / f)
+    if E is None or E.shape != (3, 3) or mask is None:
+        return None
+    inl = mask.ravel().astype(bool)
+    _, R, t, pose_mask = cv2.recoverPose(E, x1[inl], x2[inl], np.eye(3))
+    keep = np.nonzero(inl)[0]
+    cam2_from_cam1 = Rigid3(R, t.ravel())
+    return VerifiedPair(matches[keep], cam2_from_cam1, essential_from_pose(cam2_from_cam1))

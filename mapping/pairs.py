@@ -1,0 +1,99 @@
+"""Image-pair selection: by pose proximity and view overlap (posed), exhaustive or by retrieval (unposed).
+
+Pairs are lists of (i, j) index tuples with i < j into the image list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from vloc.camera import Camera
+from vloc.geometry import Rigid3
+
+
+@dataclass(frozen=True)
+class PosePairConfig:
+    """Pair selection for posed images."""
+
+    #: candidate neighbours by camera-centre distance (before the overlap test).
+    max_candidates: int = 40
+    #: ignore candidates farther than this (metres).
+    max_distance_m: float = 8.0
+    #: keep at most this many partners per image (best overlap first).
+    pairs_per_image: int = 10
+    #: minimum fraction of image i's frustum samples visible in image j.
+    min_overlap: float = 0.25
+    #: depths (metres) at which the frustum of i is sampled.
+    sample_depths: tuple[float, ...] = (0.8, 1.5, 3.0)
+    #: a pair also needs this much baseline (metres) or rotation, else it adds nothing.
+    min_baseline_m: float = 0.0
+
+
+def frustum_overlap(cam_i: Camera, cam_from_world_i: Rigid3, cams_j: list[Camera],
+                    cam_from_world_j: list[Rigid3], depths: tuple[float, ...], grid: int = 5) -> np.ndarray:
+    """Fraction (J,) of grid x grid x len(depths) samples of image i's frustum that image j sees."""
+    u = (np.arange(grid) + 0.5) / grid
+    px = np.stack(np.meshgrid(u * cam_i.width, u * cam_i.height), -1).reshape(-1, 2)
+    rays = np.c_[cam_i.unproject(px), np.ones(len(px))]
+    pts_cam = np.concatenate([rays * d for d in depths])
+    pts_world = cam_from_world_i.inverse().transform(pts_cam)
+    out = np.zeros(len(cams_j))
+    for k, (cam_j, T_j) in enumerate(zip(cams_j, cam_from_world_j)):
+        pc = T_j.transform(pts_world)
+        front = pc[:, 2] > 0.05
+        if not front.any():
+            continue
+        uv = cam_j.project(pc[front])
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < cam_j.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam_j.height)
+        out[k] = inside.sum() / len(pts_world)
+    return out
+
+
+def pairs_from_poses(cameras: list[Camera], cams_from_world: list[Rigid3],
+                     cfg: PosePairConfig = PosePairConfig()) -> list[tuple[int, int]]:
+    """Pairs of posed images that are close and whose view frusta overlap (symmetric score)."""
+    n = len(cams_from_world)
+    if n < 2:
+        return []
+    centres = np.array([T.centre for T in cams_from_world])
+    tree = cKDTree(centres)
+    k = min(cfg.max_candidates + 1, n)
+    dist, idx = tree.query(centres, k=k)
+    dist, idx = np.atleast_2d(dist), np.atleast_2d(idx)
+    scores: dict[tuple[int, int], float] = {}
+    for i in range(n):
+        cand = [j for d, j in zip(dist[i], idx[i]) if j != i and d <= cfg.max_distance_m and j < n]
+        if not cand:
+            continue
+        ov = frustum_overlap(cameras[i], cams_from_world[i], [cameras[j] for j in cand],
+                             [cams_from_world[j] for j in cand], cfg.sample_depths)
+        ranked = sorted(((o, j) for o, j in zip(ov, cand) if o >= cfg.min_overlap), reverse=True)
+        for o, j in ranked[: cfg.pairs_per_image]:
+            key = (min(i, j), max(i, j))
+            scores[key] = max(scores.get(key, 0.0), float(o))
+    return sorted(scores)
+
+
+def pairs_exhaustive(n: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def pairs_from_similarity(similarity: np.ndarray, k: int, sequential_window: int = 0) -> list[tuple[int, int]]:
+    """Top-k most similar partners per image from an (N, N) global-descriptor similarity,
+    plus neighbours within ``sequential_window`` in the input order (video-like captures)."""
+    n = len(similarity)
+    sim = similarity.copy()
+    np.fill_diagonal(sim, -np.inf)
+    out: set[tuple[int, int]] = set()
+    kk = min(k, n - 1)
+    if kk > 0:
+        top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+        for i in range(n):
+            for j in top[i]:
+                out.add((min(i, int(j)), max(i, int(j))))
+    for i in range(n):
+        for j in range(i + 1, min(n, i + 1 + sequential_window)):
+            out.add((i, j))
+    return sorted(out)

@@ -1,0 +1,94 @@
+"""Image retrieval that needs no downloaded weights: VLAD over the map's own RootSIFT descriptors.
+
+The vocabulary (k-means centroids) is trained on the map images' descriptors,
+so every bundle carries its own index. Stored as ``retrieval.npz``:
+``centroids`` (K, D) float32, ``descriptors`` (N, K*D) float16 (unit-norm VLAD),
+``names`` (N,) image names. Similarity is the dot product.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mapping.matching import normalise_descriptors
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """VLAD settings."""
+
+    #: vocabulary size (clusters).
+    n_clusters: int = 32
+    #: descriptors sampled for k-means training.
+    train_samples: int = 100_000
+    seed: int = 0
+
+
+def train_vocabulary(descriptor_sets: list[np.ndarray], cfg: RetrievalConfig) -> np.ndarray:
+    """k-means (OpenCV) over RootSIFT descriptors of all map images -> (K, D) float32 centroids."""
+    rng = np.random.default_rng(cfg.seed)
+    allx = np.concatenate([normalise_descriptors(d) for d in descriptor_sets if len(d)])
+    if len(allx) > cfg.train_samples:
+        allx = allx[rng.choice(len(allx), cfg.train_samples, replace=False)]
+    k = int(min(cfg.n_clusters, max(1, len(allx) // 20)))
+    cv2.setRNGSeed(cfg.seed)
+    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-4)
+    _, _, centroids = cv2.kmeans(allx.astype(np.float32), k, None, crit, 2, cv2.KMEANS_PP_CENTERS)
+    return centroids.astype(np.float32)
+
+
+def vlad(descriptors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(N, D) local descriptors -> (K*D,) float32 VLAD: residual sums, intra- and power-normalised, unit L2."""
+    K, D = centroids.shape
+    out = np.zeros((K, D), np.float32)
+    if len(descriptors):
+        x = normalise_descriptors(descriptors)
+        assign = np.argmax(x @ centroids.T - 0.5 * np.sum(centroids ** 2, axis=1), axis=1)
+        np.add.at(out, assign, x - centroids[assign])
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    v = out.ravel()
+    v = np.sign(v) * np.sqrt(np.abs(v))
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+@dataclass
+class RetrievalIndex:
+    """Global descriptors of the map images and the vocabulary that made them."""
+
+    centroids: np.ndarray
+    descriptors: np.ndarray
+    names: list[str]
+
+    @staticmethod
+    def build(names: list[str], descriptor_sets: list[np.ndarray], cfg: RetrievalConfig = RetrievalConfig()
+              ) -> "RetrievalIndex":
+        centroids = train_vocabulary(descriptor_sets, cfg)
+        g = np.stack([vlad(d, centroids) for d in descriptor_sets]).astype(np.float16)
+        return RetrievalIndex(centroids, g, list(names))
+
+    def describe(self, descriptors: np.ndarray) -> np.ndarray:
+        return vlad(descriptors, self.centroids)
+
+    def similarity_matrix(self) -> np.ndarray:
+        g = self.descriptors.astype(np.float32)
+        return g @ g.T
+
+    def query(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Local descriptors of a query -> (indices (k,), scores (k,)) best first."""
+        q = self.describe(descriptors)
+        s = self.descriptors.astype(np.float32) @ q
+        k = min(k, len(s))
+        top = np.argpartition(-s, k - 1)[:k]
+        top = top[np.argsort(-s[top])]
+        return top, s[top]
+
+    def save(self, path: Path) -> None:
+        np.savez(path, centroids=self.centroids, descriptors=self.descriptors, names=np.array(self.names))
+
+    @staticmethod
+    def load(path: Path) -> "RetrievalIndex":
+        with np.load(path, allow_pickle=False) as z:
+            return RetrievalIndex(z["centroids"], z["descriptors"], [str(n) for n in z["names"]])

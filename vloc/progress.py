@@ -1,0 +1,36 @@
+"""Progress bars (rich) for long stages; quiet when disabled or not on a terminal."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+class Reporter:
+    """Stage progress: ``for x in reporter.track(items, "matching"): ...`` and ``reporter.log(msg)``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        if not self.enabled:
+            yield from items
+            return
+        total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as prog:
+            task = prog.add_task(description, total=total)
+            for x in items:
+                yield x
+                prog.advance(task)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            console.print(message)
+
+
+QUIET = Reporter(enabled=False)
