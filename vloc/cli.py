@@ -4,10 +4,12 @@ from __future__ import annotations
 import typer
 
 from mapping.cli import app as map_app
+from vloc.bench_cli import app as bench_app
 
 app = typer.Typer(help="vloc: indoor visual localization and HD maps for delivery robots.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(map_app, name="map")
+app.add_typer(bench_app, name="bench")
 
 
 @app.command("version")
