@@ -1,1 +1,6 @@
-"""vloc stage: localize."""
+"""vloc stage: localize a camera frame in a map bundle."""
+from localize.config import LocalizerConfig
+from localize.localizer import Localizer
+from localize.result import LocalizationResult, PosePrior
+
+__all__ = ["Localizer", "LocalizerConfig", "LocalizationResult", "PosePrior"]

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from mapping.cli import app as map_app
+from localize.cli import localize_cmd
 from vloc.bench_cli import app as bench_app
 from vloc.cli_util import user_errors
 
@@ -14,6 +15,7 @@ app = typer.Typer(help="vloc: indoor visual localization and HD maps for deliver
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(map_app, name="map")
 app.add_typer(bench_app, name="bench")
+app.command("localize")(localize_cmd)
 
 
 @app.command("version")

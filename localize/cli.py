@@ -1,0 +1,59 @@
+"""`vloc localize`: a thin CLI over localize.Localizer (one JSON object per image with --json)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import cv2
+import typer
+
+from vloc.camera import Camera
+from vloc.cli_util import user_errors
+from vloc.types import VlocError
+
+
+def read_rgb(path: Path):
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise VlocError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def default_camera(manifest: dict, width: int, height: int) -> Camera:
+    """The map's camera when it is unique and of the image's size; otherwise ask for --camera."""
+    cams = [Camera(c["model"], c["width"], c["height"], tuple(c["params"])) for c in manifest["cameras"]]
+    if len(cams) == 1:
+        cam = cams[0]
+        if (cam.width, cam.height) != (width, height):
+            cam = cam.scaled(width / cam.width, height / cam.height)
+        return cam
+    raise VlocError("the map has several cameras: pass --camera 'MODEL W H PARAMS...'")
+
+
+@user_errors
+def localize_cmd(
+    images: List[Path] = typer.Argument(..., help="query image(s)"),
+    map_: Path = typer.Option(..., "--map", help="map bundle"),
+    camera: Optional[str] = typer.Option(None, "--camera", help='"MODEL W H PARAMS..." (default: the map camera)'),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per image"),
+) -> None:
+    """Localize camera frames in a map bundle."""
+    from localize import Localizer
+    loc = Localizer(map_)
+    cam = Camera.parse(camera) if camera else None
+    n_rejected = 0
+    for path in images:
+        rgb = read_rgb(path)
+        c = cam or default_camera(loc.map.manifest, rgb.shape[1], rgb.shape[0])
+        res = loc.localize(rgb, c)
+        n_rejected += not res.accepted
+        if as_json:
+            print(json.dumps({"image": str(path), **res.to_dict()}))
+        elif res.accepted:
+            c_w = res.world_from_cam.translation
+            print(f"{path}: accepted  position [{c_w[0]:.3f} {c_w[1]:.3f} {c_w[2]:.3f}] m  "
+                  f"inliers {res.num_inliers}  sigma {res.position_sigma_m * 100:.1f} cm  "
+                  f"{res.timings_ms['total']:.0f} ms")
+        else:
+            print(f"{path}: rejected  ({res.reason})")

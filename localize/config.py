@@ -1,0 +1,42 @@
+"""All localization knobs in one frozen config, with documented defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Per-query settings of :class:`localize.Localizer`."""
+
+    # features ------------------------------------------------------------------------------
+    #: query keypoints kept (strongest first).
+    max_keypoints: int = 2048
+    #: OpenCV SIFT contrast threshold for the query (lower = more, weaker keypoints).
+    contrast_threshold: float = 0.02
+    #: longest side the query is processed at (larger frames are downscaled; poses stay exact).
+    max_image_side: int = 640
+
+    # retrieval -----------------------------------------------------------------------------
+    #: map images retrieved per query; matching cost is bounded by this.
+    top_k: int = 10
+    #: with a pose prior, candidates lie within max(prior_radius_m, 3 sigma) of the prior position.
+    prior_radius_m: float = 2.0
+
+    # matching ------------------------------------------------------------------------------
+    #: Lowe ratio between the best and the best *other 3D point* (L2 on RootSIFT).
+    ratio: float = 0.9
+
+    # pose ----------------------------------------------------------------------------------
+    #: RANSAC inlier threshold in pixels (at the query's native resolution).
+    ransac_max_error_px: float = 8.0
+    ransac_max_trials: int = 10000
+    #: seed of RANSAC (deterministic results for a given frame and map).
+    seed: int = 0
+
+    # acceptance (a pose that fails any is returned as a rejection) ------------------------
+    min_inliers: int = 30
+    min_inlier_ratio: float = 0.12
+    #: largest 1-sigma camera-centre uncertainty (metres) from the refinement covariance.
+    max_position_sigma_m: float = 0.10
+    #: largest 1-sigma rotation uncertainty (degrees).
+    max_rotation_sigma_deg: float = 1.0

@@ -1,0 +1,214 @@
+"""Per-frame localization: features -> retrieval -> 2D-3D matching -> PnP (LO-RANSAC) + refinement."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycolmap
+import torch
+
+from localize.config import LocalizerConfig
+from localize.map import LocalizationMap
+from localize.result import LocalizationResult, PosePrior
+from mapping.features import Features, SiftBackend, SiftConfig, root_sift
+from vloc.camera import Camera
+from vloc.geometry import Rigid3
+from vloc.types import VlocError
+
+
+def centre_covariance(cam_from_world: Rigid3, covariance: np.ndarray) -> np.ndarray:
+    """(3, 3) covariance of the camera centre ``c = -R^T t`` from the (6, 6) pose covariance
+    (rotation tangent with left perturbation ``R' = exp(d) R``, then translation)."""
+    R, t = cam_from_world.rotation, cam_from_world.translation
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    J = np.hstack([-R.T @ tx, -R.T])
+    return J @ covariance @ J.T
+
+
+def match_to_points(query_desc: torch.Tensor, map_desc: torch.Tensor, obs_point: np.ndarray,
+                    ratio: float, max_passes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Match (Q, D) query descriptors to (M, D) observation descriptors whose 3D point is obs_point (M,).
+
+    The ratio test compares the best observation with the best observation of a *different*
+    3D point. Each 3D point keeps its best query keypoint. Returns (query indices, point rows).
+    """
+    if len(query_desc) == 0 or len(map_desc) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sim = query_desc @ map_desc.T
+    s1, j1 = sim.max(dim=1)
+    pts = torch.from_numpy(obs_point)
+    p1 = pts[j1]
+    s2 = torch.full_like(s1, -1.0)
+    open_rows = torch.arange(len(s1))
+    j = j1.clone()
+    for _ in range(max_passes):
+        sim[open_rows, j[open_rows]] = -2.0
+        s, jj = sim[open_rows].max(dim=1)
+        differs = pts[jj] != p1[open_rows]
+        s2[open_rows[differs]] = s[differs]
+        j[open_rows] = jj
+        open_rows = open_rows[~differs]
+        if len(open_rows) == 0:
+            break
+    d1 = torch.sqrt(torch.clamp(2 - 2 * s1, min=0))
+    d2 = torch.sqrt(torch.clamp(2 - 2 * s2, min=0))
+    keep = torch.nonzero(d1 <= ratio * d2).squeeze(1).numpy()
+    q, p, s = keep, p1.numpy()[keep], s1.numpy()[keep]
+    order = np.lexsort((-s, p))
+    q, p = q[order], p[order]
+    first = np.r_[True, p[1:] != p[:-1]]
+    return q[first], p[first]
+
+
+@dataclass
+class PoseEstimate:
+    """PnP + refinement output. covariance: (6, 6) rotation (rad) then translation (m) of cam_from_world."""
+
+    cam_from_world: Rigid3
+    covariance: np.ndarray | None
+    inlier_mask: np.ndarray
+    median_reproj_error_px: float | None
+    position_sigma_m: float | None
+    rotation_sigma_deg: float | None
+
+    @property
+    def num_inliers(self) -> int:
+        return int(self.inlier_mask.sum())
+
+
+def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, cfg: LocalizerConfig
+                  ) -> PoseEstimate | None:
+    """LO-RANSAC PnP and non-linear refinement (pycolmap) from (N, 2) pixels and (N, 3) world points."""
+    est = pycolmap.AbsolutePoseEstimationOptions()
+    est.ransac.max_error = cfg.ransac_max_error_px
+    est.ransac.max_num_trials = cfg.ransac_max_trials
+    est.ransac.random_seed = cfg.seed
+    ref = pycolmap.AbsolutePoseRefinementOptions()
+    ans = pycolmap.estimate_and_refine_absolute_pose(points2d, points3d, camera.to_pycolmap(), est, ref,
+                                                     return_covariance=True)
+    if ans is None:
+        return None
+    pose = Rigid3.from_pycolmap(ans["cam_from_world"])
+    inl = np.asarray(ans["inlier_mask"], bool)
+    cov = ans.get("covariance")
+    cov = np.asarray(cov) if cov is not None else None
+    reproj = np.linalg.norm(camera.project(pose.transform(points3d[inl])) - points2d[inl], axis=1)
+    pos_sigma = rot_sigma = None
+    if cov is not None and np.all(np.isfinite(cov)):
+        pos_sigma = float(np.sqrt(max(np.linalg.eigvalsh(centre_covariance(pose, cov)).max(), 0)))
+        rot_sigma = float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(cov[:3, :3]).max(), 0))))
+    return PoseEstimate(pose, cov, inl, float(np.nanmedian(reproj)) if len(reproj) else None, pos_sigma, rot_sigma)
+
+
+class Localizer:
+    """Loads a bundle once; ``localize(image, camera)`` per frame. Safe to call from several threads."""
+
+    def __init__(self, bundle: Path | LocalizationMap, cfg: LocalizerConfig = LocalizerConfig()) -> None:
+        self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle))
+        self.cfg = cfg
+        self._local = threading.local()
+
+    def _backend(self) -> SiftBackend:
+        if not hasattr(self._local, "backend"):
+            self._local.backend = SiftBackend(SiftConfig(max_keypoints=self.cfg.max_keypoints,
+                                                         contrast_threshold=self.cfg.contrast_threshold,
+                                                         max_image_side=self.cfg.max_image_side))
+        return self._local.backend
+
+    # stages -----------------------------------------------------------------------------------
+    def extract(self, image: np.ndarray) -> Features:
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        return self._backend().extract(np.ascontiguousarray(gray, dtype=np.uint8))
+
+    def retrieve(self, features: Features, prior: PosePrior | None) -> np.ndarray:
+        """Rows (into map.image_names) of the top-k map images for this query."""
+        m, k = self.map, self.cfg.top_k
+        g = m.retrieval.describe(features.descriptors)
+        scores = m.retrieval.descriptors.astype(np.float32) @ g
+        rows = m.retrieval_rows
+        valid = rows >= 0
+        if prior is not None:
+            radius = max(self.cfg.prior_radius_m, 3 * float(prior.sigma_m))
+            near = np.linalg.norm(m.image_centres[np.clip(rows, 0, None)] - prior.position, axis=1) <= radius
+            if (valid & near).sum() >= 1:
+                valid &= near
+        scores = np.where(valid, scores, -np.inf)
+        k = min(k, int(valid.sum()))
+        if k == 0:
+            return np.zeros(0, np.int64)
+        top = np.argpartition(-scores, k - 1)[:k]
+        return rows[top[np.argsort(-scores[top])]]
+
+    def localize(self, image: np.ndarray, camera: Camera, prior: PosePrior | None = None) -> LocalizationResult:
+        """image: (H, W) or (H, W, 3) uint8 RGB matching ``camera`` in size. Returns the pose in the map frame."""
+        if image.shape[1] != camera.width or image.shape[0] != camera.height:
+            raise VlocError(f"image is {image.shape[1]}x{image.shape[0]} but the camera says "
+                            f"{camera.width}x{camera.height}")
+        cfg, m = self.cfg, self.map
+        timings: dict[str, float] = {}
+        t0 = t = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            timings[name] = (now - t) * 1000
+            t = now
+
+        feats = self.extract(image)
+        lap("features")
+        result = LocalizationResult(accepted=False, reason="", num_keypoints=len(feats), timings_ms=timings)
+        if len(feats) < cfg.min_inliers:
+            result.reason = f"too few keypoints ({len(feats)}): blank, dark or blurred frame"
+            timings["total"] = (time.perf_counter() - t0) * 1000
+            return result
+        rows = self.retrieve(feats, prior)
+        result.retrieved = [m.image_names[r] for r in rows]
+        lap("retrieval")
+
+        obs = m.observations(rows)
+        q_desc = torch.from_numpy(root_sift(feats.descriptors))
+        m_desc = torch.from_numpy(root_sift(m.obs_descriptors[obs]))
+        qi, pi = match_to_points(q_desc, m_desc, m.obs_point[obs], cfg.ratio)
+        result.num_matches = len(qi)
+        lap("matching")
+        if len(qi) < max(cfg.min_inliers, 6):
+            result.reason = f"too few 2D-3D matches ({len(qi)})"
+            timings["total"] = (time.perf_counter() - t0) * 1000
+            return result
+
+        xy = feats.keypoints[qi].astype(np.float64)
+        xyz = m.points_xyz[pi]
+        ans = estimate_pose(xy, xyz, camera, cfg)
+        lap("pose")
+        if ans is None:
+            result.reason = "PnP RANSAC found no pose"
+            timings["total"] = (time.perf_counter() - t0) * 1000
+            return result
+        result.cam_from_world = ans.cam_from_world
+        result.covariance = ans.covariance
+        result.num_inliers = ans.num_inliers
+        result.inlier_ratio = ans.num_inliers / len(xy)
+        result.median_reproj_error_px = ans.median_reproj_error_px
+        result.position_sigma_m = ans.position_sigma_m
+        result.rotation_sigma_deg = ans.rotation_sigma_deg
+        result.accepted, result.reason = self._accept(result)
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return result
+
+    def _accept(self, r: LocalizationResult) -> tuple[bool, str]:
+        c = self.cfg
+        if r.num_inliers < c.min_inliers:
+            return False, f"too few inliers ({r.num_inliers} < {c.min_inliers})"
+        if r.inlier_ratio < c.min_inlier_ratio:
+            return False, f"inlier ratio {r.inlier_ratio:.2f} < {c.min_inlier_ratio}"
+        if r.position_sigma_m is None or r.rotation_sigma_deg is None:
+            return False, "pose covariance unavailable"
+        if r.position_sigma_m > c.max_position_sigma_m:
+            return False, f"position uncertainty {r.position_sigma_m:.3f} m > {c.max_position_sigma_m} m"
+        if r.rotation_sigma_deg > c.max_rotation_sigma_deg:
+            return False, f"rotation uncertainty {r.rotation_sigma_deg:.2f} deg > {c.max_rotation_sigma_deg} deg"
+        return True, "ok"

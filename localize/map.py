@@ -1,0 +1,71 @@
+"""A map bundle loaded once for localization: arrays laid out for per-query work bounded by k."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from mapping.bundle import read_features_h5, read_manifest
+from mapping.retrieval import RetrievalIndex
+from vloc.geometry import Rigid3
+from vloc.types import VlocError
+
+
+@dataclass
+class LocalizationMap:
+    """Everything a query needs, loaded from a bundle.
+
+    points_xyz: (P, 3) float64 world points; observation rows refer to them by ``obs_point``.
+    obs_descriptors: (T, 128) uint8 observation descriptors, grouped image by image.
+    obs_point: (T,) int64 row into points_xyz.  image_offsets: (N+1,) int64.
+    image_names: (N,), image_centres: (N, 3) camera centres in the world frame.
+    """
+
+    path: Path
+    manifest: dict
+    points_xyz: np.ndarray
+    obs_descriptors: np.ndarray
+    obs_point: np.ndarray
+    image_offsets: np.ndarray
+    image_names: list[str]
+    image_centres: np.ndarray
+    retrieval: RetrievalIndex
+    retrieval_rows: np.ndarray
+
+    @staticmethod
+    def load(path: Path) -> "LocalizationMap":
+        path = Path(path)
+        manifest = read_manifest(path)
+        rec = pycolmap.Reconstruction(str(path / "model"))
+        table = read_features_h5(path / "features.h5")
+        ids = np.array(sorted(rec.points3D), np.int64)
+        if len(ids) == 0:
+            raise VlocError(f"{path}: the map has no 3D points")
+        xyz = np.array([rec.points3D[int(i)].xyz for i in ids])
+        row_of = np.full(int(ids.max()) + 1, -1, np.int64)
+        row_of[ids] = np.arange(len(ids))
+        obs_point = row_of[table.point3d_ids]
+        if (obs_point < 0).any():
+            raise VlocError(f"{path}: features.h5 refers to 3D points missing from the model")
+        centres = []
+        for name in table.image_names:
+            im = rec.find_image_with_name(name)
+            if im is None:
+                raise VlocError(f"{path}: image {name} of features.h5 is not in the model")
+            centres.append(Rigid3.from_pycolmap(im.cam_from_world()).centre)
+        retrieval = RetrievalIndex.load(path / "retrieval.npz")
+        pos = {n: k for k, n in enumerate(table.image_names)}
+        rows = np.array([pos.get(n, -1) for n in retrieval.names], np.int64)
+        return LocalizationMap(path, manifest, xyz, table.descriptors, obs_point, table.image_offsets,
+                               table.image_names, np.array(centres), retrieval, rows)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_names)
+
+    def observations(self, image_rows: np.ndarray) -> np.ndarray:
+        """Observation row indices (M,) of the given map images."""
+        return np.concatenate([np.arange(self.image_offsets[i], self.image_offsets[i + 1]) for i in image_rows]) \
+            if len(image_rows) else np.zeros(0, np.int64)

@@ -1,0 +1,150 @@
+"""Localization on a generated room: accuracy on a different pass, honest rejections, covariance."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from datasets.synthetic import generate_scene, write_dataset
+from localize import Localizer, LocalizerConfig, PosePrior
+from localize.localizer import estimate_pose
+from mapping.build import BuildConfig, build_map
+from vloc.cli import app
+from vloc.geometry import pose_error
+
+CAM_FRAMES = 30
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate_scene(seed=5)
+
+
+@pytest.fixture(scope="module")
+def bundle(scene, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loc-map")
+    records = write_dataset(scene, root, CAM_FRAMES)
+    build_map(root, records, root / "map", BuildConfig())
+    return root / "map"
+
+
+@pytest.fixture(scope="module")
+def localizer(bundle):
+    return Localizer(bundle)
+
+
+@pytest.fixture(scope="module")
+def queries(scene):
+    """Frames of a different pass through the room (other radius, height, phase)."""
+    from datasets.synthetic import DEFAULT_CAMERA
+    poses = scene.trajectory(12, pass_id=1)
+    return [(scene.render(T, DEFAULT_CAMERA)[0], T) for T in poses], DEFAULT_CAMERA
+
+
+def test_queries_from_another_pass_localize_within_1cm_0_2deg(localizer, queries):
+    frames, camera = queries
+    errors = []
+    for rgb, truth in frames:
+        res = localizer.localize(rgb, camera)
+        assert res.accepted, res.reason
+        errors.append(pose_error(res.cam_from_world, truth))
+        assert res.covariance.shape == (6, 6) and res.num_inliers >= 30
+        assert set(res.timings_ms) >= {"features", "retrieval", "matching", "pose", "total"}
+        assert len(res.retrieved) == localizer.cfg.top_k
+    t, r = np.array(errors).T
+    assert t.max() < 0.01, f"translation errors (m): {np.round(t, 4)}"
+    assert r.max() < 0.2, f"rotation errors (deg): {np.round(r, 3)}"
+
+
+def test_pose_prior_narrows_retrieval(localizer, queries):
+    frames, camera = queries
+    rgb, truth = frames[0]
+    prior = PosePrior(position=truth.centre + np.array([0.1, -0.1, 0.0]), sigma_m=0.2)
+    res = localizer.localize(rgb, camera, prior=prior)
+    assert res.accepted
+    centres = {n: c for n, c in zip(localizer.map.image_names, localizer.map.image_centres)}
+    radius = max(localizer.cfg.prior_radius_m, 0.6)
+    assert all(np.linalg.norm(centres[n] - prior.position) <= radius for n in res.retrieved)
+    assert pose_error(res.cam_from_world, truth)[0] < 0.01
+
+
+def test_frame_of_a_different_scene_is_rejected(localizer):
+    from datasets.synthetic import DEFAULT_CAMERA
+    other = generate_scene(seed=77)
+    for T in other.trajectory(3, pass_id=0):
+        res = localizer.localize(other.render(T, DEFAULT_CAMERA)[0], DEFAULT_CAMERA)
+        assert not res.accepted, f"accepted a frame of another room: {res.to_dict()}"
+
+
+def test_blank_frame_is_rejected(localizer):
+    from datasets.synthetic import DEFAULT_CAMERA
+    for value in (0, 128, 255):
+        res = localizer.localize(np.full((480, 640, 3), value, np.uint8), DEFAULT_CAMERA)
+        assert not res.accepted and "keypoints" in res.reason
+
+
+def test_heavily_blurred_frame_is_rejected(localizer, queries):
+    frames, camera = queries
+    blurred = cv2.GaussianBlur(frames[0][0], (0, 0), sigmaX=12)
+    res = localizer.localize(blurred, camera)
+    assert not res.accepted
+
+
+def test_covariance_grows_when_inliers_are_removed(localizer, queries):
+    frames, camera = queries
+    rgb, truth = frames[3]
+    m = localizer.map
+    feats = localizer.extract(rgb)
+    from localize.localizer import match_to_points
+    from mapping.features import root_sift
+    import torch
+    obs = m.observations(localizer.retrieve(feats, None))
+    qi, pi = match_to_points(torch.from_numpy(root_sift(feats.descriptors)),
+                             torch.from_numpy(root_sift(m.obs_descriptors[obs])), m.obs_point[obs], 0.9)
+    xy, xyz = feats.keypoints[qi].astype(np.float64), m.points_xyz[pi]
+    full = estimate_pose(xy, xyz, camera, localizer.cfg)
+    inl = np.nonzero(full.inlier_mask)[0]
+    rng = np.random.default_rng(0)
+    traces = [np.trace(full.covariance)]
+    sigmas = [full.position_sigma_m]
+    for keep in (0.5, 0.2, 0.08):
+        sub = rng.choice(inl, int(len(inl) * keep), replace=False)
+        est = estimate_pose(xy[sub], xyz[sub], camera, localizer.cfg)
+        traces.append(np.trace(est.covariance))
+        sigmas.append(est.position_sigma_m)
+    assert all(b > a for a, b in zip(traces, traces[1:])), traces
+    assert all(b > a for a, b in zip(sigmas, sigmas[1:])), sigmas
+
+
+def test_localize_cli_json(bundle, queries, tmp_path):
+    frames, camera = queries
+    path = tmp_path / "q.png"
+    cv2.imwrite(str(path), cv2.cvtColor(frames[1][0], cv2.COLOR_RGB2BGR))
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.zeros((480, 640, 3), np.uint8))
+    res = CliRunner().invoke(app, ["localize", "--map", str(bundle), str(path), str(blank), "--json",
+                                   "--camera", str(camera)])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.strip().splitlines()]
+    assert lines[0]["accepted"] and not lines[1]["accepted"]
+    q = np.array(lines[0]["world_from_cam"]["translation"])
+    assert np.linalg.norm(q - frames[1][1].centre) < 0.01
+    res = CliRunner().invoke(app, ["localize", "--map", str(bundle), str(tmp_path / "nope.png")])
+    assert res.exit_code == 2 and "cannot read image" in res.output
+
+
+def test_image_camera_size_mismatch_is_a_clear_error(localizer, queries):
+    from vloc.types import VlocError
+    frames, camera = queries
+    with pytest.raises(VlocError, match="camera says"):
+        localizer.localize(frames[0][0][:240], camera)
+
+
+def test_strict_config_rejects_rather_than_guesses(bundle, queries):
+    frames, camera = queries
+    strict = Localizer(bundle, LocalizerConfig(min_inliers=100000))
+    res = strict.localize(frames[0][0], camera)
+    assert not res.accepted and "too few" in res.reason
