@@ -30,38 +30,33 @@ def centre_covariance(cam_from_world: Rigid3, covariance: np.ndarray) -> np.ndar
 
 
 def match_to_points(query_desc: torch.Tensor, map_desc: torch.Tensor, obs_point: np.ndarray,
-                    ratio: float, max_passes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Match (Q, D) query descriptors to (M, D) observation descriptors whose 3D point is obs_point (M,).
+                    ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Match (Q, D) query descriptors to (M, D) map descriptors, one per distinct 3D point obs_point (M,).
 
-    The ratio test compares the best observation with the best observation of a *different*
-    3D point. Each 3D point keeps its best query keypoint. Returns (query indices, point rows).
+    Ratio test between the best and second-best point; each point keeps its best query keypoint.
+    Returns (query indices, point rows).
     """
-    if len(query_desc) == 0 or len(map_desc) == 0:
+    if len(query_desc) < 2 or len(map_desc) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     sim = query_desc @ map_desc.T
     s1, j1 = sim.max(dim=1)
-    pts = torch.from_numpy(obs_point)
-    p1 = pts[j1]
-    s2 = torch.full_like(s1, -1.0)
-    open_rows = torch.arange(len(s1))
-    j = j1.clone()
-    for _ in range(max_passes):
-        sim[open_rows, j[open_rows]] = -2.0
-        s, jj = sim[open_rows].max(dim=1)
-        differs = pts[jj] != p1[open_rows]
-        s2[open_rows[differs]] = s[differs]
-        j[open_rows] = jj
-        open_rows = open_rows[~differs]
-        if len(open_rows) == 0:
-            break
+    rows = torch.arange(len(s1))
+    sim[rows, j1] = -2.0
+    s2 = sim.max(dim=1).values
     d1 = torch.sqrt(torch.clamp(2 - 2 * s1, min=0))
     d2 = torch.sqrt(torch.clamp(2 - 2 * s2, min=0))
     keep = torch.nonzero(d1 <= ratio * d2).squeeze(1).numpy()
-    q, p, s = keep, p1.numpy()[keep], s1.numpy()[keep]
+    q, p, s = keep, obs_point[j1.numpy()[keep]], s1.numpy()[keep]
     order = np.lexsort((-s, p))
     q, p = q[order], p[order]
-    first = np.r_[True, p[1:] != p[:-1]]
+    first = np.r_[True, p[1:] != p[:-1]] if len(p) else np.zeros(0, bool)
     return q[first], p[first]
+
+
+def first_observation_per_point(obs: np.ndarray, obs_point: np.ndarray) -> np.ndarray:
+    """Keep, for each 3D point, its first observation in ``obs`` (ordered by retrieval rank)."""
+    _, first = np.unique(obs_point[obs], return_index=True)
+    return obs[np.sort(first)]
 
 
 @dataclass
@@ -128,7 +123,7 @@ class Localizer:
         """Rows (into map.image_names) of the top-k map images for this query."""
         m, k = self.map, self.cfg.top_k
         g = m.retrieval.describe(features.descriptors)
-        scores = m.retrieval.descriptors.astype(np.float32) @ g
+        scores = m.retrieval_matrix @ g
         rows = m.retrieval_rows
         valid = rows >= 0
         if prior is not None:
@@ -169,9 +164,9 @@ class Localizer:
         result.retrieved = [m.image_names[r] for r in rows]
         lap("retrieval")
 
-        obs = m.observations(rows)
+        obs = first_observation_per_point(m.observations(rows), m.obs_point)
         q_desc = torch.from_numpy(root_sift(feats.descriptors))
-        m_desc = torch.from_numpy(root_sift(m.obs_descriptors[obs]))
+        m_desc = torch.from_numpy(m.obs_rootsift[obs].astype(np.float32))
         qi, pi = match_to_points(q_desc, m_desc, m.obs_point[obs], cfg.ratio)
         result.num_matches = len(qi)
         lap("matching")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from mapping.features import root_sift
 from mapping.bundle import read_features_h5, read_manifest
 from mapping.retrieval import RetrievalIndex
 from vloc.geometry import Rigid3
@@ -33,6 +34,16 @@ class LocalizationMap:
     image_centres: np.ndarray
     retrieval: RetrievalIndex
     retrieval_rows: np.ndarray
+    #: (N_retrieval, K*D) float32 copy of the global descriptors (no per-query conversion).
+    retrieval_matrix: np.ndarray = None
+    #: (T, 128) float16 RootSIFT of obs_descriptors, computed once at load.
+    obs_rootsift: np.ndarray = None
+
+    def __post_init__(self) -> None:
+        if self.retrieval_matrix is None:
+            self.retrieval_matrix = np.ascontiguousarray(self.retrieval.descriptors, dtype=np.float32)
+        if self.obs_rootsift is None:
+            self.obs_rootsift = root_sift(self.obs_descriptors).astype(np.float16)
 
     @staticmethod
     def load(path: Path) -> "LocalizationMap":

@@ -98,12 +98,12 @@ def test_covariance_grows_when_inliers_are_removed(localizer, queries):
     rgb, truth = frames[3]
     m = localizer.map
     feats = localizer.extract(rgb)
-    from localize.localizer import match_to_points
+    from localize.localizer import first_observation_per_point, match_to_points
     from mapping.features import root_sift
     import torch
-    obs = m.observations(localizer.retrieve(feats, None))
+    obs = first_observation_per_point(m.observations(localizer.retrieve(feats, None)), m.obs_point)
     qi, pi = match_to_points(torch.from_numpy(root_sift(feats.descriptors)),
-                             torch.from_numpy(root_sift(m.obs_descriptors[obs])), m.obs_point[obs], 0.9)
+                             torch.from_numpy(m.obs_rootsift[obs].astype(np.float32)), m.obs_point[obs], 0.9)
     xy, xyz = feats.keypoints[qi].astype(np.float64), m.points_xyz[pi]
     full = estimate_pose(xy, xyz, camera, localizer.cfg)
     inl = np.nonzero(full.inlier_mask)[0]
