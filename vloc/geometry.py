@@ -177,7 +177,8 @@ def estimate_sim3_robust(points_a: np.ndarray, points_b: np.ndarray, max_error: 
     """LO-RANSAC similarity ``b_from_a`` (pycolmap); ``max_error`` in units of frame b."""
     opts = pycolmap.RANSACOptions()
     opts.max_error = float(max_error)
-    sim = pycolmap.estimate_sim3d_robust(np.asarray(points_a, np.float64), np.asarray(points_b, np.float64), opts)
-    if sim is None:
+    ans = pycolmap.estimate_sim3d_robust(np.asarray(points_a, np.float64), np.asarray(points_b, np.float64), opts)
+    if ans is None:
         raise ValueError("robust similarity estimation failed")
+    sim = ans["tgt_from_src"]
     return Sim3(float(sim.scale), np.asarray(sim.rotation.matrix()), np.asarray(sim.translation))
