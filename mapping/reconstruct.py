@@ -109,14 +109,21 @@ def pipeline_options(cfg: ReconstructionConfig) -> pycolmap.IncrementalPipelineO
     return opts
 
 
+def prepare_workdir(workdir: Path, records: list[ImageRecord], features: list[Features],
+                    verified: dict[tuple[int, int], VerifiedPair], output: str) -> tuple[Path, Path]:
+    """Write the COLMAP database into workdir; returns (database path, empty output folder)."""
+    db_path = workdir / "database.db"
+    write_database(db_path, records, features, verified)
+    out = workdir / output
+    out.mkdir(parents=True, exist_ok=True)
+    return db_path, out
+
+
 def triangulate_known_poses(records: list[ImageRecord], features: list[Features],
                             verified: dict[tuple[int, int], VerifiedPair], workdir: Path,
                             cfg: ReconstructionConfig) -> pycolmap.Reconstruction:
     """Triangulate verified matches with fixed known poses (COLMAP point_triangulator)."""
-    db_path = workdir / "database.db"
-    write_database(db_path, records, features, verified)
-    out = workdir / "triangulated"
-    out.mkdir(parents=True, exist_ok=True)
+    db_path, out = prepare_workdir(workdir, records, features, verified, "triangulated")
     rec = posed_reconstruction(records, features)
     rec = pycolmap.triangulate_points(rec, str(db_path), str(workdir), str(out), clear_points=True,
                                       options=pipeline_options(cfg), refine_intrinsics=False)
@@ -130,10 +137,7 @@ def structure_from_motion(records: list[ImageRecord], features: list[Features],
                           verified: dict[tuple[int, int], VerifiedPair], workdir: Path,
                           cfg: ReconstructionConfig) -> pycolmap.Reconstruction:
     """Unknown poses: pycolmap incremental (or global) mapping; returns the largest model."""
-    db_path = workdir / "database.db"
-    write_database(db_path, records, features, verified)
-    out = workdir / "sfm"
-    out.mkdir(parents=True, exist_ok=True)
+    db_path, out = prepare_workdir(workdir, records, features, verified, "sfm")
     if cfg.sfm_method == "global":
         gopts = pycolmap.GlobalPipelineOptions()
         gopts.num_threads = cfg.num_threads
