@@ -225,3 +225,17 @@ def test_failed_rebuild_keeps_previous_bundle(small_copy, posed_bundle, tmp_path
     assert res.exit_code == 2
     assert read_manifest(out) == before and verify_files(out, before) == []
     assert not any(p.name.startswith(".keep.") for p in tmp_path.iterdir())
+
+
+def test_global_sfm_option(dataset, tmp_path):
+    root, records = dataset
+    unposed = [replace(r, cam_from_world=None) for r in records[:10]]
+    cfg = replace(BuildConfig(), reconstruction=replace(BuildConfig().reconstruction, sfm_method="global"))
+    build_map(root, unposed, tmp_path / "g", cfg)
+    est = images_cam_from_world(pycolmap.Reconstruction(str(tmp_path / "g" / "model")))
+    assert len(est) == 10
+    truth = {r.name: r.cam_from_world.centre for r in records}
+    a = np.array([est[n].centre for n in sorted(est)])
+    b = np.array([truth[n] for n in sorted(est)])
+    err = np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)
+    assert err.max() < 0.02
