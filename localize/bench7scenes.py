@@ -450,7 +450,7 @@ def plot_cdf(runs: dict[str, QueryRun], path: Path) -> Path:
 
     keys = [k for k in CDF_CURVES if k in runs] + sorted(k for k in runs if k.startswith("degraded/"))
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    lo, hi = 0.1, 1000.0
+    lo, hi = 0.01, 1000.0
     for k in keys:
         run = runs[k]
         n = len(run.t_err_m)
@@ -468,7 +468,7 @@ def plot_cdf(runs: dict[str, QueryRun], path: Path) -> Path:
     ax.set_ylabel("queries within error (%)")
     ax.set_title("7-Scenes localization: translation error CDF (rejected = never)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,3 +44,31 @@ def sevenscenes(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen",
     print(markdown_table(res))
     if json_out:
         print(f"\nJSON: {json_out}\nCDF: {cdf_path(json_out)}")
+
+
+@app.command("scale")
+@user_errors
+def scale(sizes: str = typer.Option("100,1000,5000", "--sizes", help="map sizes in images, comma-separated"),
+          queries: int = typer.Option(30, "--queries", min=1, help="query frames per size"),
+          workdir: Path = typer.Option(Path("bench-results/scale-cache"), "--workdir",
+                                       help="cache of rendered rooms and built maps (reruns skip them)"),
+          json_out: Optional[Path] = typer.Option(Path("bench-results/scale.json"), "--json"),
+          width: int = typer.Option(640, "--width", min=64), height: int = typer.Option(480, "--height", min=48),
+          frames_per_room: int = typer.Option(25, "--frames-per-room", min=4),
+          map_keypoints: Optional[int] = typer.Option(None, "--map-keypoints", min=100,
+                                                      help="SIFT keypoints per map image (default: the build's)"),
+          force: bool = typer.Option(False, "--force", help="build even when the memory estimate says it "
+                                                            "will not fit")) -> None:
+    """Query latency, load time, memory and accuracy vs map size on a generated building of rooms."""
+    from localize.bench_scale import ScaleConfig, markdown_table, run_scale_bench
+    from vloc.progress import Reporter
+    from vloc.types import VlocError
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise VlocError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    cfg = ScaleConfig(width=width, height=height, frames_per_room=frames_per_room, map_keypoints=map_keypoints)
+    res = run_scale_bench(size_list, queries, workdir, json_out, cfg, reporter=Reporter(), force=force)
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}")
