@@ -38,11 +38,15 @@ def match_to_points(query_desc: torch.Tensor, map_desc: torch.Tensor, obs_point:
     """
     if len(query_desc) < 2 or len(map_desc) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    sim = query_desc @ map_desc.T
-    s1, j1 = sim.max(dim=1)
-    rows = torch.arange(len(s1))
+    # Candidate search in the map's storage precision (bf16 on CPU/GPU), exact scores in float32.
+    sim = query_desc.to(map_desc.dtype) @ map_desc.T
+    j1 = sim.max(dim=1).indices  # max(): vectorised for bf16, unlike argmax()
+    rows = torch.arange(len(j1))
     sim[rows, j1] = -2.0
-    s2 = sim.max(dim=1).values
+    j2 = sim.max(dim=1).indices
+    q32 = query_desc.float()
+    s1 = (q32 * map_desc[j1].float()).sum(dim=1)
+    s2 = (q32 * map_desc[j2].float()).sum(dim=1)
     d1 = torch.sqrt(torch.clamp(2 - 2 * s1, min=0))
     d2 = torch.sqrt(torch.clamp(2 - 2 * s2, min=0))
     keep = torch.nonzero(d1 <= ratio * d2).squeeze(1).numpy()
@@ -166,7 +170,7 @@ class Localizer:
 
         obs = first_observation_per_point(m.observations(rows), m.obs_point)
         q_desc = torch.from_numpy(root_sift(feats.descriptors))
-        m_desc = torch.from_numpy(m.obs_rootsift[obs].astype(np.float32))
+        m_desc = m.obs_rootsift[torch.from_numpy(obs)]
         qi, pi = match_to_points(q_desc, m_desc, m.obs_point[obs], cfg.ratio)
         result.num_matches = len(qi)
         lap("matching")
