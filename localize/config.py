@@ -16,6 +16,17 @@ class LocalizerConfig:
     #: longest side the query is processed at (larger frames are downscaled; poses stay exact).
     max_image_side: int = 640
 
+    #: stretch the query's intensity range (percentiles below) before detection.
+    normalize_contrast: bool = True
+    contrast_percentile: float = 0.5
+    #: ... only when that percentile range spans fewer grey levels than this (low-contrast frames).
+    stretch_below_range: int = 160
+
+    #: frames whose estimated noise sigma (grey levels) exceeds this are smoothed first (0 = never).
+    denoise_above_sigma: float = 2.5
+    #: Gaussian sigma (pixels) of that smoothing.
+    denoise_blur_sigma: float = 1.2
+
     # retrieval -----------------------------------------------------------------------------
     #: map images retrieved per query; matching cost is bounded by this.
     top_k: int = 10

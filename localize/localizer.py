@@ -20,6 +20,33 @@ from vloc.geometry import Rigid3
 from vloc.types import VlocError
 
 
+def stretch_contrast(gray: np.ndarray, percentile: float = 1.0, below_range: int = 160) -> np.ndarray:
+    """(H, W) uint8 -> the same with its [p, 100-p] percentile range stretched to [0, 255],
+    when that range spans fewer than ``below_range`` grey levels (else unchanged).
+
+    SIFT descriptors are invariant to this affine change, but its contrast threshold is
+    absolute: dark or washed-out frames get their keypoints back.
+    """
+    hist = np.cumsum(np.bincount(gray.ravel(), minlength=256))
+    n = hist[-1]
+    lo = int(np.searchsorted(hist, n * percentile / 100))
+    hi = int(np.searchsorted(hist, n * (100 - percentile) / 100))
+    if hi - lo < 8 or hi - lo >= below_range:
+        return gray
+    lut = np.clip((np.arange(256) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    return cv2.LUT(gray, lut)
+
+
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """Immerkaer's fast estimate of white-noise sigma (grey levels) of a (H, W) uint8 image."""
+    h, w = gray.shape
+    r = cv2.filter2D(gray.astype(np.float32), -1, _NOISE_KERNEL)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) / (6 * (w - 2) * (h - 2)) * np.abs(r).sum())
+
+
 def centre_covariance(cam_from_world: Rigid3, covariance: np.ndarray) -> np.ndarray:
     """(3, 3) covariance of the camera centre ``c = -R^T t`` from the (6, 6) pose covariance
     (rotation tangent with left perturbation ``R' = exp(d) R``, then translation)."""
@@ -121,7 +148,12 @@ class Localizer:
     # stages -----------------------------------------------------------------------------------
     def extract(self, image: np.ndarray) -> Features:
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        return self._backend().extract(np.ascontiguousarray(gray, dtype=np.uint8))
+        gray = np.ascontiguousarray(gray, dtype=np.uint8)
+        if self.cfg.denoise_above_sigma > 0 and noise_sigma(gray) > self.cfg.denoise_above_sigma:
+            gray = cv2.GaussianBlur(gray, (0, 0), self.cfg.denoise_blur_sigma)
+        if self.cfg.normalize_contrast:
+            gray = stretch_contrast(gray, self.cfg.contrast_percentile, self.cfg.stretch_below_range)
+        return self._backend().extract(gray)
 
     def retrieve(self, features: Features, prior: PosePrior | None) -> np.ndarray:
         """Rows (into map.image_names) of the top-k map images for this query."""

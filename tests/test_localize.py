@@ -148,3 +148,19 @@ def test_strict_config_rejects_rather_than_guesses(bundle, queries):
     strict = Localizer(bundle, LocalizerConfig(min_inliers=100000))
     res = strict.localize(frames[0][0], camera)
     assert not res.accepted and "too few" in res.reason
+
+
+def test_dark_and_noisy_frames_still_localize(localizer, queries):
+    from localize.localizer import noise_sigma, stretch_contrast
+    frames, camera = queries
+    rgb, truth = frames[2]
+    dark = np.round(255 * 0.35 * (rgb / 255.0) ** 1.8).astype(np.uint8)
+    noisy = np.clip(rgb + np.random.default_rng(0).normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    assert noise_sigma(cv2.cvtColor(noisy, cv2.COLOR_RGB2GRAY)) > 3 * noise_sigma(gray)
+    assert np.array_equal(stretch_contrast(gray), gray) or np.ptp(gray) < 160
+    assert np.ptp(stretch_contrast(cv2.cvtColor(dark, cv2.COLOR_RGB2GRAY))) > 200
+    for img in (dark, noisy):
+        res = localizer.localize(img, camera)
+        assert res.accepted, res.reason
+        assert pose_error(res.cam_from_world, truth)[0] < 0.02
