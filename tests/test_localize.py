@@ -158,7 +158,6 @@ def test_dark_and_noisy_frames_still_localize(localizer, queries):
     noisy = np.clip(rgb + np.random.default_rng(0).normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     assert noise_sigma(cv2.cvtColor(noisy, cv2.COLOR_RGB2GRAY)) > 3 * noise_sigma(gray)
-    assert np.array_equal(stretch_contrast(gray), gray) or np.ptp(gray) < 160
     assert np.ptp(stretch_contrast(cv2.cvtColor(dark, cv2.COLOR_RGB2GRAY))) > 200
     for img in (dark, noisy):
         res = localizer.localize(img, camera)
