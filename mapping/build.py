@@ -257,7 +257,7 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     with bundle_io.atomic_directory(out) as tmp:
         (tmp / "model").mkdir()
         compact.write_binary(str(tmp / "model"))
-        bundle_io.write_features_h5(tmp / "features.h5", names, kps, descs, pids)
+        bundle_io.write_features_h5(tmp / "features.h5", names, descs, pids)
         index.save(tmp / "retrieval.npz")
         stats["build_seconds"] = time.perf_counter() - t0
         stats["timings"] = timings

@@ -7,10 +7,10 @@ Layout (format version 1)::
                         statistics, checksums of the source data and of every file below
       model/            COLMAP binary model (cameras.bin, images.bin, points3D.bin, rigs.bin,
                         frames.bin); images keep only the 2D points that observe a 3D point
-      features.h5       HDF5, flat arrays over all map observations, image by image:
-                          keypoints (T, 2) float32 pixels (COLMAP convention)
-                          descriptors (T, D) uint8 | float32
-                          point3D_ids (T,) int64 (ids in model/)
+      features.h5       HDF5, flat arrays over all map observations, image by image, in the
+                        order of each image's 2D points in model/ (their pixels live there):
+                          descriptors (T, D) uint8 | float32 (gzip + shuffle, chunked)
+                          point3D_ids (T,) int32 (ids in model/)
                           image_offsets (N+1,) int64: image k owns rows offsets[k]:offsets[k+1]
                           image_names (N,) utf-8, in model image order
       retrieval.npz     VLAD index (see mapping.retrieval)
@@ -92,21 +92,20 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def write_features_h5(path: Path, names: list[str], keypoints: list[np.ndarray], descriptors: list[np.ndarray],
+def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray],
                       point3d_ids: list[np.ndarray]) -> None:
     """Write the flat observation arrays (see module docstring). Lists are per image, same order as names."""
     offsets = np.zeros(len(names) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(k) for k in keypoints])
-    dim = descriptors[0].shape[1] if descriptors else 128
-    dtype = descriptors[0].dtype if descriptors else np.uint8
+    offsets[1:] = np.cumsum([len(d) for d in descriptors])
+    desc = np.concatenate(descriptors) if descriptors else np.zeros((0, 128), np.uint8)
+    ids = np.concatenate(point3d_ids) if point3d_ids else np.zeros(0, np.int64)
+    if len(ids) and ids.max() >= 2 ** 31:
+        raise ValueError("3D point ids beyond int32")
     with h5py.File(path, "w") as f:
         f.attrs["layout"] = "flat-observations-v1"
-        f.create_dataset("keypoints", data=np.concatenate(keypoints).astype(np.float32) if keypoints
-                         else np.zeros((0, 2), np.float32))
-        f.create_dataset("descriptors", data=np.concatenate(descriptors) if descriptors
-                         else np.zeros((0, dim), dtype))
-        f.create_dataset("point3D_ids", data=np.concatenate(point3d_ids).astype(np.int64) if point3d_ids
-                         else np.zeros(0, np.int64))
+        f.create_dataset("descriptors", data=desc, compression="gzip", compression_opts=4, shuffle=True,
+                         chunks=(min(max(len(desc), 1), 8192), desc.shape[1]))
+        f.create_dataset("point3D_ids", data=ids.astype(np.int32))
         f.create_dataset("image_offsets", data=offsets)
         f.create_dataset("image_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
 
@@ -115,7 +114,6 @@ def write_features_h5(path: Path, names: list[str], keypoints: list[np.ndarray],
 class FeatureTable:
     """The bundle's observation table, loaded into memory (see module docstring for shapes)."""
 
-    keypoints: np.ndarray
     descriptors: np.ndarray
     point3d_ids: np.ndarray
     image_offsets: np.ndarray
@@ -127,7 +125,7 @@ class FeatureTable:
 
 def read_features_h5(path: Path) -> FeatureTable:
     with h5py.File(path, "r") as f:
-        return FeatureTable(f["keypoints"][()], f["descriptors"][()], f["point3D_ids"][()],
+        return FeatureTable(f["descriptors"][()], f["point3D_ids"][()].astype(np.int64),
                             f["image_offsets"][()], [n.decode() if isinstance(n, bytes) else str(n)
                                                      for n in f["image_names"][()]])
 

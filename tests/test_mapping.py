@@ -82,8 +82,6 @@ def test_bundle_manifest_and_features_are_consistent(posed_bundle):
         im = rec.find_image_with_name(name)
         rows = table.rows(k)
         assert rows.stop - rows.start == im.num_points2D()
-        xy = np.array([p.xy for p in im.points2D])
-        assert np.allclose(xy, table.keypoints[rows], atol=1e-3)
         assert np.array_equal([p.point3D_id for p in im.points2D], table.point3d_ids[rows])
     assert table.descriptors.dtype == np.uint8 and table.descriptors.shape[1] == 128
 
