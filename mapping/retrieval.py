@@ -23,7 +23,7 @@ class RetrievalConfig:
     #: vocabulary size (clusters).
     n_clusters: int = 32
     #: descriptors sampled for k-means training.
-    train_samples: int = 100_000
+    train_samples: int = 40_000
     seed: int = 0
 
 
@@ -35,8 +35,8 @@ def train_vocabulary(descriptor_sets: list[np.ndarray], cfg: RetrievalConfig) ->
         allx = allx[rng.choice(len(allx), cfg.train_samples, replace=False)]
     k = int(min(cfg.n_clusters, max(1, len(allx) // 20)))
     cv2.setRNGSeed(cfg.seed)
-    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-4)
-    _, _, centroids = cv2.kmeans(allx.astype(np.float32), k, None, crit, 2, cv2.KMEANS_PP_CENTERS)
+    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-4)
+    _, _, centroids = cv2.kmeans(allx.astype(np.float32), k, None, crit, 1, cv2.KMEANS_PP_CENTERS)
     return centroids.astype(np.float32)
 
 
