@@ -33,6 +33,10 @@ class LocalizerConfig:
     #: with a pose prior, candidates lie within max(prior_radius_m, 3 sigma) of the prior position.
     prior_radius_m: float = 2.0
 
+    #: maps whose bf16 RootSIFT table fits in this many MB keep it in memory (faster queries);
+    #: larger maps compute it per query for the retrieved images only (bounded memory).
+    rootsift_cache_mb: float = 256.0
+
     # matching ------------------------------------------------------------------------------
     #: Lowe ratio between the best and the best *other 3D point* (L2 on RootSIFT).
     ratio: float = 0.9

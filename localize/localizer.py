@@ -136,6 +136,7 @@ class Localizer:
     def __init__(self, bundle: Path | LocalizationMap, cfg: LocalizerConfig = LocalizerConfig()) -> None:
         self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle))
         self.cfg = cfg
+        self.map.cache_rootsift(int(cfg.rootsift_cache_mb * 1e6))
         self._local = threading.local()
 
     def _backend(self) -> SiftBackend:
@@ -202,7 +203,7 @@ class Localizer:
 
         obs = first_observation_per_point(m.observations(rows), m.obs_point)
         q_desc = torch.from_numpy(root_sift(feats.descriptors))
-        m_desc = m.obs_rootsift[torch.from_numpy(obs)]
+        m_desc = m.rootsift(obs)
         qi, pi = match_to_points(q_desc, m_desc, m.obs_point[obs], cfg.ratio)
         result.num_matches = len(qi)
         lap("matching")

@@ -37,15 +37,10 @@ class LocalizationMap:
     retrieval_rows: np.ndarray
     #: (N_retrieval, K*D) float32 copy of the global descriptors (no per-query conversion).
     retrieval_matrix: np.ndarray = None
-    #: (T, 128) bfloat16 torch tensor: RootSIFT of obs_descriptors, computed once at load
-    #: (bf16 halves memory and runs the similarity GEMM ~4x faster on AVX512-BF16 / GPUs).
-    obs_rootsift: torch.Tensor = None
 
     def __post_init__(self) -> None:
         if self.retrieval_matrix is None:
             self.retrieval_matrix = np.ascontiguousarray(self.retrieval.descriptors, dtype=np.float32)
-        if self.obs_rootsift is None:
-            self.obs_rootsift = torch.from_numpy(root_sift(self.obs_descriptors)).to(torch.bfloat16)
 
     @staticmethod
     def load(path: Path) -> "LocalizationMap":
@@ -73,6 +68,21 @@ class LocalizationMap:
         rows = np.array([pos.get(n, -1) for n in retrieval.names], np.int64)
         return LocalizationMap(path, manifest, xyz, table.descriptors, obs_point, table.image_offsets,
                                table.image_names, np.array(centres), retrieval, rows)
+
+    def cache_rootsift(self, max_bytes: int) -> bool:
+        """Precompute the bf16 RootSIFT of every observation when it fits in max_bytes."""
+        if len(self.obs_descriptors) * self.obs_descriptors.shape[1] * 2 <= max_bytes:
+            self._rootsift_cache = torch.from_numpy(root_sift(self.obs_descriptors)).to(torch.bfloat16)
+        return getattr(self, "_rootsift_cache", None) is not None
+
+    def rootsift(self, obs: np.ndarray) -> torch.Tensor:
+        """(M, 128) bfloat16 RootSIFT of the given observation rows (bf16: the similarity GEMM runs
+        ~4x faster on AVX512-BF16 CPUs and GPUs; exact scores are recomputed in float32).
+        From the cache when :meth:`cache_rootsift` made one, else computed for these rows only."""
+        cache = getattr(self, "_rootsift_cache", None)
+        if cache is not None:
+            return cache[torch.from_numpy(obs)]
+        return torch.from_numpy(root_sift(self.obs_descriptors[obs])).to(torch.bfloat16)
 
     @property
     def n_images(self) -> int:
