@@ -72,3 +72,13 @@ def scale(sizes: str = typer.Option("100,1000,5000", "--sizes", help="map sizes 
     print(markdown_table(res))
     if json_out:
         print(f"\nJSON: {json_out}")
+
+
+@app.command("sweep")
+@user_errors
+def sweep(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root", help="7-Scenes layout folder"),
+          repeats: int = typer.Option(3, "--repeats", min=1),
+          json_out: Optional[Path] = typer.Option(Path("bench-results/sweep.json"), "--json")) -> None:
+    """Accuracy vs latency over working resolution, keypoint budget and k (revisit, pgt_sfm)."""
+    from localize.bench_sweep import markdown_table, run_sweep
+    print(markdown_table(run_sweep(root, repeats=repeats, out_json=json_out)))
