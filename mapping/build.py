@@ -114,12 +114,13 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
 
 def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[tuple[int, int]],
                 posed: bool, cfg: BuildConfig, reporter: Reporter) -> dict[tuple[int, int], VerifiedPair]:
-    desc = [normalise_descriptors(f.descriptors) for f in feats]
     mc = cfg.matching
 
     def one(pair: tuple[int, int]):
         i, j = pair
-        m = match_descriptors(desc[i], desc[j], mc.ratio, mc.mutual)
+        # RootSIFT per pair (cheap) rather than a float32 copy of every image's descriptors in memory.
+        m = match_descriptors(normalise_descriptors(feats[i].descriptors), normalise_descriptors(feats[j].descriptors),
+                              mc.ratio, mc.mutual)
         if len(m) < mc.min_inliers:
             return pair, None
         a, b = records[i], records[j]
