@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from vloc.camera import Camera
+from vloc.imageio import read_image
 from vloc.geometry import Rigid3, pose_error
 from vloc.progress import QUIET, Reporter
 from vloc.types import ImageRecord, VlocError
@@ -257,13 +258,7 @@ class QueryRun:
 
 def read_rgb(path: Path, camera: Camera | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file; checks the size against camera when given."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise VlocError(f"cannot read image {path} (missing, empty or not an image)")
-    if camera is not None and (img.shape[1], img.shape[0]) != (camera.width, camera.height):
-        raise VlocError(f"image {path} is {img.shape[1]}x{img.shape[0]} but its camera says "
-                        f"{camera.width}x{camera.height}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return read_image(path, camera)
 
 
 def run_queries(localizer, images: Sequence[np.ndarray], records: Sequence[ImageRecord],

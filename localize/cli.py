@@ -5,19 +5,12 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-import cv2
 import typer
 
 from vloc.camera import Camera
+from vloc.imageio import read_image
 from vloc.cli_util import user_errors
 from vloc.types import VlocError
-
-
-def read_rgb(path: Path):
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise VlocError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def default_camera(manifest: dict, width: int, height: int) -> Camera:
@@ -44,7 +37,7 @@ def localize_cmd(
     cam = Camera.parse(camera) if camera else None
     n_rejected = 0
     for path in images:
-        rgb = read_rgb(path)
+        rgb = read_image(path)
         c = cam or default_camera(loc.map.manifest, rgb.shape[1], rgb.shape[0])
         res = loc.localize(rgb, c)
         n_rejected += not res.accepted

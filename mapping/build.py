@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pycolmap
 
@@ -23,6 +22,7 @@ from mapping.reconstruct import (ReconstructionConfig, filter_points, reprojecti
 from mapping.retrieval import RetrievalConfig, RetrievalIndex
 from vloc import __version__
 from vloc.camera import Camera
+from vloc.imageio import read_image
 from vloc.progress import QUIET, Reporter
 from vloc.types import ImageRecord, VlocError
 
@@ -85,16 +85,6 @@ def list_images(root: Path) -> list[str]:
                   if p.is_file() and p.suffix in IMAGE_EXTS and not p.name.startswith("."))
 
 
-def read_gray(path: Path, camera: Camera | None) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise VlocError(f"cannot read image {path} (missing, empty or not an image)")
-    if camera is not None and (img.shape[1], img.shape[0]) != (camera.width, camera.height):
-        raise VlocError(f"image {path} is {img.shape[1]}x{img.shape[0]} but its camera says "
-                        f"{camera.width}x{camera.height}")
-    return img
-
-
 def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter) -> list[Features]:
     # OpenCV releases the GIL; one backend per thread keeps detector state separate.
     local = threading.local()
@@ -102,7 +92,7 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
     def one(r: ImageRecord) -> Features:
         if not hasattr(local, "backend"):
             local.backend = make_backend("sift", **asdict(cfg.features))
-        return local.backend.extract(read_gray(Path(root) / r.name, r.camera))
+        return local.backend.extract(read_image(Path(root) / r.name, r.camera, gray=True))
 
     with ThreadPoolExecutor(cfg.workers) as ex:
         feats = list(reporter.track(ex.map(one, records), "features", total=len(records)))
