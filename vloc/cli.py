@@ -8,6 +8,7 @@ import typer
 
 from mapping.cli import app as map_app
 from localize.cli import localize_cmd
+from api.cli import keys_app, serve_cmd
 from vloc.bench_cli import app as bench_app
 from vloc.cli_util import user_errors
 
@@ -16,6 +17,8 @@ app = typer.Typer(help="vloc: indoor visual localization and HD maps for deliver
 app.add_typer(map_app, name="map")
 app.add_typer(bench_app, name="bench")
 app.command("localize")(localize_cmd)
+app.add_typer(keys_app, name="keys")
+app.command("serve")(serve_cmd)
 
 
 @app.command("version")

@@ -1,0 +1,220 @@
+"""Pydantic models: the wire contract of the localization service (names are read by other tools).
+
+Frames and units (as everywhere in vloc): poses are ``cam_from_world`` (``x_cam = R x_world + t``)
+and its inverse ``world_from_cam`` (whose translation is the camera centre in the map frame);
+quaternions are (w, x, y, z); metres; camera frame x right, y down, z forward; pixels in
+COLMAP's convention. Geodetic fields (WGS84 degrees, metres above the ellipsoid, heading in
+degrees clockwise from north) appear only when the map bundle is georeferenced.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vloc.camera import CAMERA_MODELS
+
+#: finite float: NaN and +-inf are refused at the boundary (422), never reach the core.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: map and version ids: one safe path component (letters, digits, '_', '.', '-'; starts alphanumeric).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    """Inputs refuse unknown fields (a misspelt field is an error, not silently ignored) and
+    coercions (``true`` is not a timestamp, ``"640"`` not a width; integers are fine as floats)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# inputs ----------------------------------------------------------------------------------------
+class CameraIn(Strict):
+    """Intrinsics of the query frame: a COLMAP camera model, the image size in pixels and the
+    model's parameters in COLMAP order (e.g. PINHOLE: fx, fy, cx, cy)."""
+
+    model: str = Field(description=f"COLMAP model: one of {', '.join(CAMERA_MODELS)}",
+                       examples=["PINHOLE"], max_length=32)
+    width: int = Field(gt=0, le=1_000_000, description="image width in pixels; must equal the image's")
+    height: int = Field(gt=0, le=1_000_000, description="image height in pixels; must equal the image's")
+    params: list[Finite] = Field(max_length=16, description="parameters in COLMAP order",
+                                 examples=[[525.0, 525.0, 320.0, 240.0]])
+
+
+class PriorIn(Strict):
+    """A rough camera-centre position in the map frame (metres) with a 1-sigma radius (metres);
+    it narrows retrieval to map images near it."""
+
+    position: list[Finite] = Field(min_length=3, max_length=3)
+    sigma: Finite = Field(gt=0, le=1e6)
+
+
+class LocalizeMeta(Strict):
+    """The ``meta`` multipart field of ``POST /v1/maps/{map_id}/localize`` (a JSON object)."""
+
+    camera: CameraIn
+    prior: PriorIn | None = None
+    robot_id: str | None = Field(None, max_length=128)
+    timestamp: Finite | None = Field(None, description="capture time, Unix seconds (UTC)")
+
+
+class StreamFrameMeta(Strict):
+    """JSON header of one frame on ``WS /v1/maps/{map_id}/stream``.
+
+    ``camera`` may be omitted after the first frame of a session (the last one is reused).
+    ``timestamp``: capture time in Unix seconds on a synchronised clock; a frame whose age
+    (server receive time minus timestamp, or its queue wait, whichever is larger) exceeds the
+    server's max frame age is dropped. Omit it when the robot's clock is not synchronised.
+    ``prior`` overrides the session's own motion prior for this frame.
+    """
+
+    frame_id: int | str = Field(description="echoed in the reply; any int or string up to 128 chars")
+    camera: CameraIn | None = None
+    timestamp: Finite | None = None
+    prior: PriorIn | None = None
+
+
+class RegisterPathRequest(Strict):
+    """Register a bundle that already lies on the server (copied into the data directory)."""
+
+    path: str = Field(min_length=1, max_length=4096, description="server-side bundle directory")
+    version: str | None = Field(None, pattern=ID_PATTERN, description="default: next integer")
+    activate: bool | None = Field(None, description="default: activate when the map has no active version")
+
+
+class KeyCreateRequest(Strict):
+    role: Literal["robot", "admin"]
+    maps: list[Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")]] = Field(
+        default_factory=list, max_length=10_000, description="maps a robot key may use ('*' = all)")
+    name: str = Field("", max_length=128)
+
+
+# outputs ---------------------------------------------------------------------------------------
+class PoseOut(BaseModel):
+    """A rigid transform ``b_from_a``: translation (3,) metres, unit quaternion (w, x, y, z)."""
+
+    translation: list[float]
+    quaternion_wxyz: list[float]
+
+
+class PriorOut(BaseModel):
+    position: list[float]
+    sigma: float
+
+
+class LocalizeResponse(BaseModel):
+    """The core's result (``localize.LocalizationResult.to_dict()``) plus serving context.
+
+    covariance: (6, 6) of ``cam_from_world``, rotation (rad) then translation (m); non-finite
+    entries are sent as null. timings_ms: the core's stages (features, retrieval, matching,
+    pose, total) plus the server's ``decode`` and ``wait`` (thread-pool queue).
+    latitude / longitude / altitude / heading: only when the map is georeferenced.
+    """
+
+    accepted: bool
+    reason: str
+    cam_from_world: PoseOut | None
+    world_from_cam: PoseOut | None
+    covariance: list[list[float | None]] | None
+    covariance_order: str
+    num_inliers: int
+    num_matches: int
+    inlier_ratio: float | None
+    median_reproj_error_px: float | None
+    position_sigma_m: float | None
+    rotation_sigma_deg: float | None
+    retrieved: list[str]
+    num_keypoints: int
+    timings_ms: dict[str, float | None]
+    map_id: str
+    map_version: str
+    robot_id: str | None = None
+    timestamp: float | None = None
+    prior_used: bool = False
+    latitude: float | None = Field(None, description="WGS84 degrees (georeferenced maps only)")
+    longitude: float | None = Field(None, description="WGS84 degrees (georeferenced maps only)")
+    altitude: float | None = Field(None, description="metres above the WGS84 ellipsoid (georeferenced maps only)")
+    heading: float | None = Field(None, description="optical axis, degrees clockwise from north "
+                                                    "(georeferenced maps only)")
+
+
+class StreamReply(BaseModel):
+    """One reply per received frame on the stream, in the order the frames were sent.
+
+    A processed frame carries every :class:`LocalizeResponse` field plus ``frame_id``,
+    ``dropped: false``, ``prior_used``, ``prior`` and ``tracking`` ("global": no prior,
+    first frames; "tracking": motion prior from the last accepted pose; "lost": the last
+    ``lost_after`` frames were rejected, back to global search). A dropped frame is
+    ``{"frame_id", "dropped": true, "reason": "stale" | "overflow", "age_ms"}``; a frame that
+    could not be used is ``{"frame_id", "dropped": true, "reason": "error", "status", "detail"}``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    frame_id: int | str | None
+    dropped: bool
+    reason: str | None = None
+    status: int | None = None
+    detail: str | None = None
+    age_ms: float | None = None
+    tracking: Literal["global", "tracking", "lost"] | None = None
+    prior: PriorOut | None = None
+
+
+class VersionInfo(BaseModel):
+    map_id: str
+    version: str
+    active: bool
+    bytes: int
+    registered_utc: str
+    summary: dict = Field(description="from the bundle manifest: images, points, format and vloc versions, "
+                                      "georeferenced")
+
+
+class MapInfo(BaseModel):
+    map_id: str
+    active_version: str | None
+    created_utc: str
+    versions: list[VersionInfo]
+
+
+class MapList(BaseModel):
+    maps: list[MapInfo]
+
+
+class Deleted(BaseModel):
+    deleted: bool = True
+    map_id: str
+    version: str | None = None
+
+
+class KeyInfo(BaseModel):
+    key_id: str
+    name: str
+    role: Literal["robot", "admin"]
+    maps: list[str]
+    created_utc: str
+    revoked_utc: str | None = None
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(description="the secret; shown once, stored hashed")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    ready: bool
+    maps: int
+    active: int
+    resident: int
+    problems: list[str] = []
+
+
+class ErrorResponse(BaseModel):
+    detail: str

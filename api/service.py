@@ -1,0 +1,164 @@
+"""The service state and the one localization path shared by the REST route and the stream.
+
+``Service.localize`` resolves the map's active version, then in the worker pool (never on the
+event loop): decodes the image within the limits, checks the camera against it, takes the
+loaded map from the cache (loading it once if cold), runs ``Localizer.localize`` and turns the
+result into the wire dict (plus geodetic fields for georeferenced maps).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from api.cache import LoadedMap, MapCache, load_map
+from api.errors import ApiError
+from api.limits import decode_image
+from api.metrics import Metrics
+from api.models import CameraIn, PriorIn
+from api.registry import Registry, VersionRecord
+from api.settings import Settings
+from localize import LocalizationResult, LocalizerConfig, PosePrior
+from mapping.bundle import read_manifest
+from vloc.camera import Camera, CameraError
+from vloc.types import VlocError
+
+log = logging.getLogger("vloc.api.service")
+
+
+def finite_or_none(x):
+    """JSON has no NaN/inf: replace them by None, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_or_none(v) for v in x]
+    return x
+
+
+def make_camera(cam: CameraIn) -> Camera:
+    try:
+        return Camera(cam.model, cam.width, cam.height, tuple(cam.params))
+    except CameraError as e:
+        raise ApiError(422, f"invalid camera: {e}") from None
+
+
+@dataclass
+class Outcome:
+    """One localization: the core result and the JSON-ready response dict."""
+
+    result: LocalizationResult
+    payload: dict
+
+
+class Service:
+    """Registry, cache, metrics and worker pool of one app; created by ``create_app``."""
+
+    def __init__(self, settings: Settings, localizer_config: LocalizerConfig | None = None) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.data_dir)
+        self.registry.clean_staging()
+        self.metrics = Metrics()
+        cfg = localizer_config or LocalizerConfig()
+        self.cache = MapCache(settings.cache_budget_bytes,
+                              lambda m, v, p: load_map(m, v, p, cfg),
+                              on_load=self.metrics.on_load, on_change=self.metrics.on_cache_change,
+                              on_evict=self.metrics.map_evictions.inc)
+        self.metrics.cache_budget_bytes.set(settings.cache_budget_bytes)
+        self.localizer_config = cfg
+        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="vloc-worker")
+        self._valid_bundles: set[tuple[str, str]] = set()
+
+    async def run(self, fn, *args):
+        """Run a blocking call in the worker pool, keeping the request's context (request id)."""
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(ctx.run, fn, *args))
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # maps --------------------------------------------------------------------------------------
+    def active(self, map_id: str) -> VersionRecord:
+        rec = self.registry.active_version(map_id)
+        if rec is None:
+            if self.registry.get_map(map_id) is None:
+                raise ApiError(404, f"no map {map_id!r}")
+            raise ApiError(404, f"map {map_id!r} has no active version")
+        return rec
+
+    def loaded(self, map_id: str, version: str) -> LoadedMap:
+        """The loaded map version (blocking). 404 when it was deleted meanwhile, 503 when it is broken."""
+        try:
+            return self.cache.get(map_id, version, self.registry.version_dir(map_id, version))
+        except Exception as e:  # VlocError, h5py's OSError, pycolmap's RuntimeError, ...: the bundle, not the request
+            m = self.registry.get_map(map_id)
+            if m is None or all(v.version != version for v in m.versions):
+                raise ApiError(404, f"map {map_id!r} version {version!r} was deleted") from None
+            log.error("map %s/%s cannot be loaded: %s", map_id, version, e)
+            raise ApiError(503, f"map {map_id!r} version {version!r} cannot be loaded: {e}") from None
+
+    def readiness(self) -> tuple[int, int, list[str]]:
+        """(maps, active, problems): every active version must have a valid bundle on disk.
+        Bundles are immutable once registered, so each is checked once."""
+        maps = self.registry.count_maps()
+        active = self.registry.active_versions()
+        problems = []
+        for map_id, version in active:
+            if (map_id, version) in self._valid_bundles:
+                continue
+            try:
+                read_manifest(self.registry.version_dir(map_id, version))
+                self._valid_bundles.add((map_id, version))
+            except (VlocError, OSError, ValueError) as e:
+                problems.append(f"{map_id}/{version}: {e}")
+        return maps, len(active), problems
+
+    # localization ------------------------------------------------------------------------------
+    async def localize(self, map_id: str, image: bytes, camera: CameraIn, prior: PriorIn | PosePrior | None,
+                       source: str, extra: dict | None = None) -> Outcome:
+        """Localize one frame on the map's active version (see module docstring)."""
+        rec = await asyncio.to_thread(self.active, map_id)
+        if isinstance(prior, PriorIn):
+            prior = PosePrior(np.asarray(prior.position, np.float64), float(prior.sigma))
+        submitted = time.perf_counter()
+        return await self.run(self._localize_blocking, map_id, rec.version, image, camera, prior, source,
+                              submitted, extra or {})
+
+    def _localize_blocking(self, map_id: str, version: str, image: bytes, camera: CameraIn,
+                           prior: PosePrior | None, source: str, submitted: float, extra: dict) -> Outcome:
+        wait_ms = (time.perf_counter() - submitted) * 1000
+        t0 = time.perf_counter()
+        rgb = decode_image(image, self.settings.max_pixels)
+        decode_s = time.perf_counter() - t0
+        cam = make_camera(camera)
+        if (rgb.shape[1], rgb.shape[0]) != (cam.width, cam.height):
+            raise ApiError(422, f"the camera is {cam.width}x{cam.height} but the image is "
+                                f"{rgb.shape[1]}x{rgb.shape[0]}")
+        try:
+            loaded = self.loaded(map_id, version)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            # deleted between resolution and load (e.g. a version switch then delete): use the active one
+            rec = self.active(map_id)
+            loaded = self.loaded(map_id, rec.version)
+        try:
+            result = loaded.localizer.localize(rgb, cam, prior)
+        except (VlocError, CameraError) as e:
+            raise ApiError(422, str(e)) from None
+        self.metrics.observe_result(result, source, decode_s)
+        payload = finite_or_none(result.to_dict())
+        payload["timings_ms"] = {"wait": wait_ms, "decode": decode_s * 1000, **payload["timings_ms"]}
+        payload.update(map_id=map_id, map_version=loaded.version, prior_used=prior is not None, **extra)
+        if loaded.georef is not None and result.cam_from_world is not None:
+            payload.update(finite_or_none(loaded.georef.locate(result.world_from_cam)))
+        return Outcome(result, payload)

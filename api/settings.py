@@ -1,0 +1,64 @@
+"""Server settings: a pydantic Settings object, also read from ``VLOC_*`` environment variables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class Settings(BaseSettings):
+    """Everything a running service is configured with (``VLOC_DATA_DIR``, ``VLOC_WORKERS``, ...).
+
+    data_dir holds ``registry.sqlite`` and the bundles (``maps/<map_id>/<version>/``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VLOC_", extra="ignore")
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: threads that run localizations (the core releases the GIL in OpenCV / torch / pycolmap).
+    workers: int = Field(2, ge=1, le=256)
+    log_level: str = "info"
+
+    # request limits --------------------------------------------------------------------------
+    #: largest localize request body (image + meta), bytes -> 413.
+    max_upload_bytes: int = Field(16 * MiB, ge=1024)
+    #: largest image in pixels (read from the header before decoding) -> 413.
+    max_pixels: int = Field(16_000_000, ge=1)
+    #: largest ``meta`` JSON, bytes -> 413.
+    max_meta_bytes: int = Field(64 * 1024, ge=256)
+
+    # bundle registration ---------------------------------------------------------------------
+    #: largest bundle upload request (tar / tar.gz), bytes -> 413.
+    max_bundle_upload_bytes: int = Field(4 * GiB, ge=1024)
+    #: largest extracted bundle (sum of the archive's file sizes), bytes -> 413.
+    max_bundle_bytes: int = Field(8 * GiB, ge=1024)
+    #: most members in a bundle archive -> 413.
+    max_bundle_members: int = Field(100_000, ge=1)
+    #: server-side directories bundles may be registered from by path (empty: any path an admin names).
+    import_roots: list[Path] = Field(default_factory=list)
+
+    # serving ---------------------------------------------------------------------------------
+    #: memory budget of the loaded-map cache (estimated from the maps' arrays), bytes.
+    cache_budget_bytes: int = Field(2 * GiB, ge=0)
+
+    # streaming -------------------------------------------------------------------------------
+    #: a frame older than this (queue wait, or receive time minus its timestamp) is dropped, seconds.
+    max_frame_age_s: float = Field(1.0, gt=0)
+    #: frames a session may have waiting; beyond it the oldest waiting one is dropped ("overflow").
+    stream_max_pending: int = Field(4, ge=1)
+    #: consecutive rejections after which a session is lost and searches the whole map again.
+    stream_lost_after: int = Field(3, ge=1)
+    #: 1-sigma radius (m) of the motion prior right after an accepted pose.
+    stream_prior_sigma_m: float = Field(0.3, gt=0)
+    #: no motion prior when the last accepted pose is older than this, seconds.
+    stream_prior_max_gap_s: float = Field(5.0, gt=0)
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.sqlite"
