@@ -51,6 +51,14 @@ def make_camera(cam: CameraIn) -> Camera:
         raise ApiError(422, f"invalid camera: {e}") from None
 
 
+class StaleFrame(Exception):
+    """A streamed frame waited in the worker queue past its deadline; it is dropped, not localized."""
+
+    def __init__(self, age_s: float) -> None:
+        super().__init__(f"stale after {age_s:.3f} s")
+        self.age_s = age_s
+
+
 @dataclass
 class Outcome:
     """One localization: the core result and the JSON-ready response dict."""
@@ -124,18 +132,25 @@ class Service:
 
     # localization ------------------------------------------------------------------------------
     async def localize(self, map_id: str, image: bytes, camera: CameraIn, prior: PriorIn | PosePrior | None,
-                       source: str, extra: dict | None = None) -> Outcome:
-        """Localize one frame on the map's active version (see module docstring)."""
+                       source: str, extra: dict | None = None, deadline_mono: float | None = None) -> Outcome:
+        """Localize one frame on the map's active version (see module docstring).
+
+        deadline_mono: time.monotonic() after which a frame still waiting for a worker is dropped
+        (raises StaleFrame) instead of being localized late.
+        """
         rec = await asyncio.to_thread(self.active, map_id)
         if isinstance(prior, PriorIn):
             prior = PosePrior(np.asarray(prior.position, np.float64), float(prior.sigma))
         submitted = time.perf_counter()
         return await self.run(self._localize_blocking, map_id, rec.version, image, camera, prior, source,
-                              submitted, extra or {})
+                              submitted, extra or {}, deadline_mono)
 
     def _localize_blocking(self, map_id: str, version: str, image: bytes, camera: CameraIn,
-                           prior: PosePrior | None, source: str, submitted: float, extra: dict) -> Outcome:
+                           prior: PosePrior | None, source: str, submitted: float, extra: dict,
+                           deadline_mono: float | None = None) -> Outcome:
         wait_ms = (time.perf_counter() - submitted) * 1000
+        if deadline_mono is not None and time.monotonic() > deadline_mono:
+            raise StaleFrame(time.monotonic() - deadline_mono)
         t0 = time.perf_counter()
         rgb = decode_image(image, self.settings.max_pixels)
         decode_s = time.perf_counter() - t0

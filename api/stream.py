@@ -54,7 +54,7 @@ from starlette.websockets import WebSocketDisconnect
 from api.auth import authenticate, authorize_map, token_from_headers
 from api.errors import ApiError, describe_errors
 from api.models import CameraIn, PriorIn, StreamFrameMeta
-from api.service import Service
+from api.service import Service, StaleFrame
 from api.tracking import Tracker
 
 log = logging.getLogger("vloc.api.stream")
@@ -176,8 +176,14 @@ class StreamSession:
         prior = meta.prior or self.tracker.prior(t)
         tracking = "tracking" if prior is not None else ("lost" if self.tracker.state == "lost" else "global")
         try:
+            # the frame may also go stale while it waits for a worker: a second age check there
+            deadline = time.monotonic() + (self.settings.max_frame_age_s - age)
             out = await self.service.localize(self.map_id, f.image, camera, prior, "stream",
-                                              {"frame_id": f.frame_id, "timestamp": meta.timestamp})
+                                              {"frame_id": f.frame_id, "timestamp": meta.timestamp},
+                                              deadline_mono=deadline)
+        except StaleFrame as e:
+            return {"frame_id": f.frame_id, "dropped": True, "reason": "stale",
+                    "age_ms": round((self.settings.max_frame_age_s + e.age_s) * 1000, 1)}
         except ApiError as e:
             return self._error(f.frame_id, e.status, e.detail)
         except Exception:  # a bug must not end the robot's session: answer like a 500, go on
@@ -227,5 +233,5 @@ async def stream(websocket: WebSocket, map_id: str) -> None:
         service.metrics.stream_sessions.dec()
         try:
             await websocket.close()
-        except RuntimeError:
+        except (RuntimeError, WebSocketDisconnect):
             pass  # already closed by the client or by the session
