@@ -82,3 +82,30 @@ def sweep(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
     """Accuracy vs latency over working resolution, keypoint budget and k (revisit, pgt_sfm)."""
     from localize.bench_sweep import markdown_table, run_sweep
     print(markdown_table(run_sweep(root, repeats=repeats, out_json=json_out)))
+
+
+@app.command("serve")
+@user_errors
+def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root",
+                                    help="7-Scenes-layout folder (pgt_sfm_seq01.txt, seq-01/); not used with --maps"),
+          robots: int = typer.Option(20, "--robots", min=1, max=1000, help="concurrent simulated robots"),
+          hz: float = typer.Option(2.0, "--hz", min=0.01, max=60, help="frames per second per robot"),
+          seconds: float = typer.Option(30.0, "--seconds", min=0.5, max=3600, help="length of the send window"),
+          stream: bool = typer.Option(False, "--stream", help="WebSocket sessions (motion priors) instead of REST"),
+          maps: int = typer.Option(0, "--maps", min=0, max=1000,
+                                   help="M >= 1: robots spread over M copies of one generated map (cache path)"),
+          cache_mb: Optional[float] = typer.Option(None, "--cache-mb", min=0,
+                                                   help="server map-cache budget, MB (default: the server's)"),
+          workers: int = typer.Option(2, "--workers", min=1, help="server localization threads"),
+          workdir: Path = typer.Option(Path("bench-results/serve-cache"), "--workdir",
+                                       help="cache of built maps and rendered frames (reruns skip them)"),
+          json_out: Optional[Path] = typer.Option(Path("bench-results/serve.json"), "--json")) -> None:
+    """Load test over loopback: N robots x R Hz x S s against one `vloc serve` (REST or --stream)."""
+    from api.bench_serve import ServeBenchConfig, markdown_table, run_serve_bench
+    from vloc.progress import Reporter
+    cfg = ServeBenchConfig(robots=robots, hz=hz, seconds=seconds, stream=stream, maps=maps, cache_mb=cache_mb,
+                           workers=workers)
+    res = run_serve_bench(cfg, None if maps else root, workdir, json_out, reporter=Reporter())
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}")

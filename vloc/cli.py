@@ -31,19 +31,27 @@ def version() -> None:
 @app.command("demo")
 @user_errors
 def demo(workdir: Optional[Path] = typer.Option(None, "--workdir", help="where to write (default: a temp dir)"),
-         frames: int = typer.Option(24, "--frames", min=4), seed: int = typer.Option(0, "--seed")) -> None:
-    """Run the main job on the embedded default: generated room -> map bundle -> accuracy vs truth."""
+         frames: int = typer.Option(24, "--frames", min=4), seed: int = typer.Option(0, "--seed"),
+         robot_frames: int = typer.Option(12, "--robot-frames", min=0,
+                                          help="frames the simulated robot localizes through the API (0: skip)")
+         ) -> None:
+    """Run the main job on the embedded default: generated room -> map bundle -> accuracy vs truth ->
+    service on loopback -> a robot localizing through REST and a stream."""
     from rich.console import Console
     from rich.table import Table
 
-    from vloc.demo import run_demo
-    summary = run_demo(workdir, frames, seed)
+    from vloc.demo import print_service_demo, run_demo
+    summary = run_demo(workdir, frames, seed, robot_frames)
+    service = summary.pop("service", None)
+    console = Console()
     t = Table(title="vloc demo: map of a generated room, checked against its exact truth")
     t.add_column("quantity")
     t.add_column("value", justify="right")
     for k, v in summary.items():
         t.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
-    Console().print(t)
+    console.print(t)
+    if service is not None:
+        print_service_demo(service, console)
 
 
 def main() -> None:  # pragma: no cover
