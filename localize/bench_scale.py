@@ -32,7 +32,10 @@ Cache layout under ``workdir`` (``bench-results/scale-cache``, git-ignored)::
                                                   /rooms/room-0007/queries/pass1-frame-000012.color.png (+ .pose.txt)
                                                   /maps/n01000-kp4000/manifest.json ...
 
-The JSON is rewritten after every size; results of other sizes already in it (same config) are kept.
+Cached maps are keyed by the config, not by the code: the git commit at build time is kept next
+to each bundle (``<bundle>.code.json``) and reported with the commit at measurement; delete
+``maps/`` to rebuild after mapping changes.  The JSON is rewritten after every size; results of
+other sizes already in it (same config) are kept.
 """
 from __future__ import annotations
 
@@ -177,9 +180,12 @@ def accuracy_summary(t_err_m: Sequence[float], r_err_deg: Sequence[float], accep
 
 
 def estimate_build_peak_bytes(n_images: int, max_keypoints: int) -> float:
-    """Rough peak memory of ``build_map``: uint8 descriptors plus ~3 transient float32 RootSIFT copies
-    (vocabulary training concatenates all of them; matching keeps one), 1 GB of interpreter + libs."""
-    return n_images * max_keypoints * 128 * (1 + 3 * 4) + 1.0e9
+    """Rough peak memory of ``build_map``: per keypoint the uint8 descriptor plus two float32 RootSIFT
+    copies (vocabulary training normalises all of them; matching keeps one), plus 0.5 GB.
+    Measured at 640x480 (commit 2063873): 4000 keypoints (~3,800 found): 1.3 GB for 100 images, 5.4 GB
+    for 1,000 (this gives 1.0 and 5.1); 1500 keypoints: 0.66 and 2.1 GB (this gives 0.67 and 2.2);
+    5,000 images at 1500 keypoints (commit ef4451e, RootSIFT per matched pair): 8.7 GB (this gives 9.1)."""
+    return n_images * max_keypoints * 128 * (1 + 2 * 4) + 0.5e9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,10 +333,8 @@ def _measure_worker(bundle: str, queries: list[tuple[str, Rigid3, int]], camera:
     gc.collect()
     rss1 = rss_bytes()
     m = loc.map
-    arrays = {"obs_descriptors": m.obs_descriptors.nbytes, "obs_rootsift": m.obs_rootsift.nbytes,
-              "obs_point": m.obs_point.nbytes, "points_xyz": m.points_xyz.nbytes,
-              "retrieval_matrix": m.retrieval_matrix.nbytes,
-              "retrieval_descriptors": m.retrieval.descriptors.nbytes}
+    arrays = _array_bytes(vars(m))
+    arrays["retrieval.descriptors"] = int(m.retrieval.descriptors.nbytes)
     images = [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p, _, _ in queries]
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if images:
@@ -363,6 +367,31 @@ def _measure_worker(bundle: str, queries: list[tuple[str, Rigid3, int]], camera:
     }
 
 
+def _array_bytes(attrs: dict) -> dict:
+    """nbytes of every numpy array / torch tensor among an object's attributes."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, np.ndarray):
+            out[k] = int(v.nbytes)
+        elif hasattr(v, "element_size") and hasattr(v, "nelement"):
+            out[k] = int(v.element_size() * v.nelement())
+    return out
+
+
+def code_state() -> dict:
+    """git commit of the working tree and the tracked files that differ from it (None outside git)."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "dirty": None}
+    return {"git_commit": commit, "dirty": dirty}
+
+
 def _in_child(fn, *args):
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
         return ex.submit(fn, *args).result()
@@ -380,24 +409,32 @@ def run_size(n_images: int, n_queries: int, base: Path, cfg: ScaleConfig, report
     entry: dict = {"n_images": n_images, "n_rooms": n_rooms, "map_keypoints": kp, "bundle": str(bundle)}
     t0 = time.perf_counter()
     reporter.log(f"[{time.strftime('%H:%M:%S')}] size {n_images}: {n_rooms} rooms")
+    cached = (bundle / "manifest.json").is_file()
+    need, avail = estimate_build_peak_bytes(n_images, kp), available_memory_bytes()
+    if not cached and avail is not None and need > 0.8 * avail and not force:
+        entry["skipped"] = (f"estimated build peak {need / 2**30:.1f} GB > 80% of available memory "
+                            f"{avail / 2**30:.1f} GB (lower --map-keypoints or pass --force)")
+        reporter.log("  skipped: " + entry["skipped"])
+        return entry
     records = building_records(rooms_root, n_images, cfg, reporter)
     entry["data_s"] = time.perf_counter() - t0
-    if (bundle / "manifest.json").is_file():
+    if cached:
         reporter.log(f"  map cached: {bundle}")
         entry["build_cached"] = True
     else:
-        need, avail = estimate_build_peak_bytes(n_images, kp), available_memory_bytes()
-        if avail is not None and need > 0.8 * avail and not force:
-            entry["skipped"] = (f"estimated build peak {need / 1e9:.1f} GB > 80% of available memory "
-                                f"{avail / 1e9:.1f} GB (lower --map-keypoints or pass --force)")
-            reporter.log("  skipped: " + entry["skipped"])
-            return entry
         reporter.log(f"[{time.strftime('%H:%M:%S')}]  building map of {len(records)} images -> {bundle}")
         bundle.parent.mkdir(parents=True, exist_ok=True)
+        code = code_state()  # the code the build child imports
         entry.update(_in_child(_build_worker, str(rooms_root), records, str(bundle), cfg.map_keypoints,
                                reporter.enabled))
         entry["build_cached"] = False
-    stats = read_manifest(bundle)["statistics"]
+        bundle.with_name(bundle.name + ".code.json").write_text(json.dumps(code))
+    code_file = bundle.with_name(bundle.name + ".code.json")
+    entry["code_at_build"] = json.loads(code_file.read_text()) if code_file.is_file() else None
+    entry["code_at_measure"] = code_state()
+    manifest = read_manifest(bundle)
+    entry["map_created_utc"] = manifest.get("created_utc")
+    stats = manifest["statistics"]
     entry["map"] = {"n_images": stats["n_images"], "n_points3D": stats["n_points3D"],
                     "n_observations": stats["n_observations"], "build_seconds": stats["build_seconds"],
                     "build_timings_s": stats["timings"], "n_verified_pairs": stats["n_verified_pairs"],
