@@ -15,6 +15,20 @@ from vloc.geometry import Rigid3
 from vloc.types import VlocError
 
 
+def points_from_model(path: Path, image_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids (P,), xyz (P, 3), camera centres (N, 3) of image_names) parsed from the COLMAP model."""
+    rec = pycolmap.Reconstruction(str(path / "model"))
+    ids = np.array(sorted(rec.points3D), np.int64)
+    xyz = np.array([rec.points3D[int(i)].xyz for i in ids]).reshape(-1, 3)
+    centres = []
+    for name in image_names:
+        im = rec.find_image_with_name(name)
+        if im is None:
+            raise VlocError(f"{path}: image {name} of features.h5 is not in the model")
+        centres.append(Rigid3.from_pycolmap(im.cam_from_world()).centre)
+    return ids, xyz, np.array(centres).reshape(-1, 3)
+
+
 @dataclass
 class LocalizationMap:
     """Everything a query needs, loaded from a bundle.
@@ -46,28 +60,23 @@ class LocalizationMap:
     def load(path: Path) -> "LocalizationMap":
         path = Path(path)
         manifest = read_manifest(path)
-        rec = pycolmap.Reconstruction(str(path / "model"))
         table = read_features_h5(path / "features.h5")
-        ids = np.array(sorted(rec.points3D), np.int64)
+        if table.points_xyz is not None and table.image_centres is not None:
+            ids, xyz, centres = table.points_id.astype(np.int64), table.points_xyz, table.image_centres
+        else:  # bundles written before features.h5 carried the point table: parse the model
+            ids, xyz, centres = points_from_model(path, table.image_names)
         if len(ids) == 0:
             raise VlocError(f"{path}: the map has no 3D points")
-        xyz = np.array([rec.points3D[int(i)].xyz for i in ids])
         row_of = np.full(int(ids.max()) + 1, -1, np.int64)
         row_of[ids] = np.arange(len(ids))
-        obs_point = row_of[table.point3d_ids]
-        if (obs_point < 0).any():
+        obs_point = row_of[np.clip(table.point3d_ids, 0, len(row_of) - 1)]
+        if (obs_point < 0).any() or (table.point3d_ids >= len(row_of)).any():
             raise VlocError(f"{path}: features.h5 refers to 3D points missing from the model")
-        centres = []
-        for name in table.image_names:
-            im = rec.find_image_with_name(name)
-            if im is None:
-                raise VlocError(f"{path}: image {name} of features.h5 is not in the model")
-            centres.append(Rigid3.from_pycolmap(im.cam_from_world()).centre)
         retrieval = RetrievalIndex.load(path / "retrieval.npz")
         pos = {n: k for k, n in enumerate(table.image_names)}
         rows = np.array([pos.get(n, -1) for n in retrieval.names], np.int64)
         return LocalizationMap(path, manifest, xyz, table.descriptors, obs_point, table.image_offsets,
-                               table.image_names, np.array(centres), retrieval, rows)
+                               table.image_names, np.asarray(centres), retrieval, rows)
 
     def cache_rootsift(self, max_bytes: int) -> bool:
         """Precompute the bf16 RootSIFT of every observation when it fits in max_bytes."""

@@ -22,6 +22,7 @@ from mapping.reconstruct import (ReconstructionConfig, filter_points, reprojecti
 from mapping.retrieval import RetrievalConfig, RetrievalIndex
 from vloc import __version__
 from vloc.camera import Camera
+from vloc.geometry import Rigid3
 from vloc.imageio import read_image
 from vloc.progress import QUIET, Reporter
 from vloc.types import ImageRecord, VlocError
@@ -248,7 +249,11 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     with bundle_io.atomic_directory(out) as tmp:
         (tmp / "model").mkdir()
         compact.write_binary(str(tmp / "model"))
-        bundle_io.write_features_h5(tmp / "features.h5", names, descs, pids)
+        point_ids = np.array(list(compact.points3D.keys()), np.int64)
+        point_xyz = np.array([compact.points3D[int(i)].xyz for i in point_ids]).reshape(-1, 3)
+        centres = np.array([Rigid3.from_pycolmap(compact.find_image_with_name(n).cam_from_world()).centre
+                            for n in names])
+        bundle_io.write_features_h5(tmp / "features.h5", names, descs, pids, point_ids, point_xyz, centres)
         index.save(tmp / "retrieval.npz")
         stats["build_seconds"] = time.perf_counter() - t0
         stats["timings"] = timings

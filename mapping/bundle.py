@@ -11,6 +11,9 @@ Layout (format version 1)::
                         order of each image's 2D points in model/ (their pixels live there):
                           descriptors (T, D) uint8 | float32 (gzip + shuffle, chunked)
                           point3D_ids (T,) int32 (ids in model/)
+                          points3D_id (P,) int32, points3D_xyz (P, 3) float64: every model point,
+                            sorted by id (a copy of model/ for loading without parsing it)
+                          image_centres (N, 3) float64: camera centres in the world frame
                           image_offsets (N+1,) int64: image k owns rows offsets[k]:offsets[k+1]
                           image_names (N,) utf-8, in model image order
       retrieval.npz     VLAD index (see mapping.retrieval)
@@ -93,7 +96,8 @@ def _fsync_tree(root: Path) -> None:
 
 
 def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray],
-                      point3d_ids: list[np.ndarray]) -> None:
+                      point3d_ids: list[np.ndarray], points_id: np.ndarray, points_xyz: np.ndarray,
+                      image_centres: np.ndarray) -> None:
     """Write the flat observation arrays (see module docstring). Lists are per image, same order as names."""
     offsets = np.zeros(len(names) + 1, np.int64)
     offsets[1:] = np.cumsum([len(d) for d in descriptors])
@@ -108,6 +112,10 @@ def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray
         f.create_dataset("point3D_ids", data=ids.astype(np.int32))
         f.create_dataset("image_offsets", data=offsets)
         f.create_dataset("image_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        order = np.argsort(points_id)
+        f.create_dataset("points3D_id", data=np.asarray(points_id)[order].astype(np.int32))
+        f.create_dataset("points3D_xyz", data=np.asarray(points_xyz, np.float64)[order])
+        f.create_dataset("image_centres", data=np.asarray(image_centres, np.float64).reshape(-1, 3))
 
 
 @dataclass
@@ -118,6 +126,9 @@ class FeatureTable:
     point3d_ids: np.ndarray
     image_offsets: np.ndarray
     image_names: list[str]
+    points_id: np.ndarray | None = None
+    points_xyz: np.ndarray | None = None
+    image_centres: np.ndarray | None = None
 
     def rows(self, image_index: int) -> slice:
         return slice(int(self.image_offsets[image_index]), int(self.image_offsets[image_index + 1]))
@@ -125,9 +136,11 @@ class FeatureTable:
 
 def read_features_h5(path: Path) -> FeatureTable:
     with h5py.File(path, "r") as f:
+        extra = {k: f[name][()] for k, name in (("points_id", "points3D_id"), ("points_xyz", "points3D_xyz"),
+                                                 ("image_centres", "image_centres")) if name in f}
         return FeatureTable(f["descriptors"][()], f["point3D_ids"][()].astype(np.int64),
                             f["image_offsets"][()], [n.decode() if isinstance(n, bytes) else str(n)
-                                                     for n in f["image_names"][()]])
+                                                     for n in f["image_names"][()]], **extra)
 
 
 def write_manifest(root: Path, manifest: dict) -> None:

@@ -84,6 +84,11 @@ def test_bundle_manifest_and_features_are_consistent(posed_bundle):
         assert rows.stop - rows.start == im.num_points2D()
         assert np.array_equal([p.point3D_id for p in im.points2D], table.point3d_ids[rows])
     assert table.descriptors.dtype == np.uint8 and table.descriptors.shape[1] == 128
+    # the point table is an exact copy of the model's points, sorted by id
+    assert np.array_equal(table.points_id, sorted(rec.points3D))
+    assert np.allclose(table.points_xyz, [rec.points3D[int(i)].xyz for i in table.points_id])
+    centres = [rec.find_image_with_name(n).projection_center() for n in table.image_names]
+    assert np.allclose(table.image_centres, centres)
 
 
 def test_map_info_cli(posed_bundle):
