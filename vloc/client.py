@@ -320,7 +320,24 @@ class StreamSession:
         self._ws.close()
 
 
-class VlocClient:
+class _Shared:
+    """What the sync and async clients share (``self._b`` is their :class:`_Base`)."""
+
+    _b: "_Base"
+
+    @property
+    def base_url(self) -> str:
+        return self._b.base_url
+
+    @property
+    def timeout(self) -> float:
+        return self._b.timeout
+
+    def _frame(self, *a) -> bytes:
+        return self._b._frame(*a)
+
+
+class VlocClient(_Shared):
     """Synchronous client of one vloc server (httpx; keep-alive connection, TCP_NODELAY).
 
     base_url: ``http://host:port``; api_key: a robot key (localize, stream, list its maps) or an
@@ -335,17 +352,6 @@ class VlocClient:
                                   headers=self._b._auth,
                                   transport=transport or httpx.HTTPTransport(socket_options=_NODELAY))
 
-    # plumbing ----------------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return self._b.base_url
-
-    @property
-    def timeout(self) -> float:
-        return self._b.timeout
-
-    def _frame(self, *a) -> bytes:
-        return self._b._frame(*a)
 
     def _request(self, method: str, url: str, ok: tuple[int, ...] = (), **kw) -> httpx.Response:
         try:
@@ -494,7 +500,7 @@ class AsyncStreamSession:
         await self._ws.close()
 
 
-class AsyncVlocClient:
+class AsyncVlocClient(_Shared):
     """asyncio client: the methods of :class:`VlocClient`, awaited (httpx.AsyncClient, websockets)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0, *,
@@ -504,17 +510,6 @@ class AsyncVlocClient:
         self._http = httpx.AsyncClient(base_url=self._b.base_url, timeout=timeout, trust_env=trust_env,
                                        headers=self._b._auth,
                                        transport=transport or httpx.AsyncHTTPTransport(socket_options=_NODELAY))
-
-    @property
-    def base_url(self) -> str:
-        return self._b.base_url
-
-    @property
-    def timeout(self) -> float:
-        return self._b.timeout
-
-    def _frame(self, *a) -> bytes:
-        return self._b._frame(*a)
 
     async def _request(self, method: str, url: str, ok: tuple[int, ...] = (), **kw) -> httpx.Response:
         try:
