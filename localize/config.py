@@ -37,6 +37,12 @@ class LocalizerConfig:
     #: larger maps compute it per query for the retrieved images only (bounded memory).
     rootsift_cache_mb: float = 256.0
 
+    # tracking (a pose prior is given): a cheaper first attempt, the full setting as fallback -----
+    #: working resolution while tracking (0 = no tracking mode: priors only narrow retrieval).
+    tracking_max_image_side: int = 480
+    tracking_max_keypoints: int = 1024
+    tracking_top_k: int = 5
+
     # matching ------------------------------------------------------------------------------
     #: Lowe ratio between the best and the best *other 3D point* (L2 on RootSIFT).
     ratio: float = 0.9

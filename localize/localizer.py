@@ -139,26 +139,29 @@ class Localizer:
         self.map.cache_rootsift(int(cfg.rootsift_cache_mb * 1e6))
         self._local = threading.local()
 
-    def _backend(self) -> SiftBackend:
-        if not hasattr(self._local, "backend"):
-            self._local.backend = SiftBackend(SiftConfig(max_keypoints=self.cfg.max_keypoints,
-                                                         contrast_threshold=self.cfg.contrast_threshold,
-                                                         max_image_side=self.cfg.max_image_side))
-        return self._local.backend
+    def _backend(self, tracking: bool = False) -> SiftBackend:
+        name = "tracking_backend" if tracking else "backend"
+        if not hasattr(self._local, name):
+            c = self.cfg
+            setattr(self._local, name, SiftBackend(SiftConfig(
+                max_keypoints=c.tracking_max_keypoints if tracking else c.max_keypoints,
+                contrast_threshold=c.contrast_threshold,
+                max_image_side=c.tracking_max_image_side if tracking else c.max_image_side)))
+        return getattr(self._local, name)
 
     # stages -----------------------------------------------------------------------------------
-    def extract(self, image: np.ndarray) -> Features:
+    def extract(self, image: np.ndarray, tracking: bool = False) -> Features:
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         gray = np.ascontiguousarray(gray, dtype=np.uint8)
         if self.cfg.denoise_above_sigma > 0 and noise_sigma(gray) > self.cfg.denoise_above_sigma:
             gray = cv2.GaussianBlur(gray, (0, 0), self.cfg.denoise_blur_sigma)
         if self.cfg.normalize_contrast:
             gray = stretch_contrast(gray, self.cfg.contrast_percentile, self.cfg.stretch_below_range)
-        return self._backend().extract(gray)
+        return self._backend(tracking).extract(gray)
 
-    def retrieve(self, features: Features, prior: PosePrior | None) -> np.ndarray:
+    def retrieve(self, features: Features, prior: PosePrior | None, k: int | None = None) -> np.ndarray:
         """Rows (into map.image_names) of the top-k map images for this query."""
-        m, k = self.map, self.cfg.top_k
+        m, k = self.map, k or self.cfg.top_k
         g = m.retrieval.describe(features.descriptors)
         scores = m.retrieval_matrix @ g
         rows = m.retrieval_rows
@@ -176,10 +179,26 @@ class Localizer:
         return rows[top[np.argsort(-scores[top])]]
 
     def localize(self, image: np.ndarray, camera: Camera, prior: PosePrior | None = None) -> LocalizationResult:
-        """image: (H, W) or (H, W, 3) uint8 RGB matching ``camera`` in size. Returns the pose in the map frame."""
+        """image: (H, W) or (H, W, 3) uint8 RGB matching ``camera`` in size. Returns the pose in the map frame.
+
+        With a prior (tracking), a cheaper setting runs first (``tracking_*`` in the config); when
+        its pose is not accepted, the full setting runs with the same prior.
+        """
         if image.shape[1] != camera.width or image.shape[0] != camera.height:
             raise VlocError(f"image is {image.shape[1]}x{image.shape[0]} but the camera says "
                             f"{camera.width}x{camera.height}")
+        if prior is not None and self.cfg.tracking_max_image_side > 0:
+            fast = self._localize(image, camera, prior, tracking=True)
+            if fast.accepted:
+                return fast
+            full = self._localize(image, camera, prior, tracking=False)
+            full.timings_ms = {"tracking_attempt": fast.timings_ms["total"], **full.timings_ms,
+                               "total": full.timings_ms["total"] + fast.timings_ms["total"]}
+            return full
+        return self._localize(image, camera, prior, tracking=False)
+
+    def _localize(self, image: np.ndarray, camera: Camera, prior: PosePrior | None,
+                  tracking: bool) -> LocalizationResult:
         cfg, m = self.cfg, self.map
         timings: dict[str, float] = {}
         t0 = t = time.perf_counter()
@@ -190,14 +209,14 @@ class Localizer:
             timings[name] = (now - t) * 1000
             t = now
 
-        feats = self.extract(image)
+        feats = self.extract(image, tracking)
         lap("features")
         result = LocalizationResult(accepted=False, reason="", num_keypoints=len(feats), timings_ms=timings)
         if len(feats) < cfg.min_inliers:
             result.reason = f"too few keypoints ({len(feats)}): blank, dark or blurred frame"
             timings["total"] = (time.perf_counter() - t0) * 1000
             return result
-        rows = self.retrieve(feats, prior)
+        rows = self.retrieve(feats, prior, cfg.tracking_top_k if tracking else cfg.top_k)
         result.retrieved = [m.image_names[r] for r in rows]
         lap("retrieval")
 

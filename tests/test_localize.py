@@ -163,3 +163,23 @@ def test_dark_and_noisy_frames_still_localize(localizer, queries):
         res = localizer.localize(img, camera)
         assert res.accepted, res.reason
         assert pose_error(res.cam_from_world, truth)[0] < 0.02
+
+
+def test_tracking_mode_is_cheaper_and_falls_back_when_unsure(bundle, localizer, queries):
+    frames, camera = queries
+    rgb, truth = frames[4]
+    prior = PosePrior(position=truth.centre + np.array([0.05, 0.0, 0.0]), sigma_m=0.2)
+    res = localizer.localize(rgb, camera, prior=prior)
+    assert res.accepted and "tracking_attempt" not in res.timings_ms
+    assert res.num_keypoints <= localizer.cfg.tracking_max_keypoints
+    assert len(res.retrieved) <= localizer.cfg.tracking_top_k
+    assert pose_error(res.cam_from_world, truth)[0] < 0.01
+    # a tracking setting too weak to be accepted: the full setting runs and its time is added
+    weak = Localizer(bundle, LocalizerConfig(tracking_max_keypoints=25))
+    res = weak.localize(rgb, camera, prior=prior)
+    assert res.accepted and "tracking_attempt" in res.timings_ms
+    assert res.num_keypoints > 25
+    assert res.timings_ms["total"] >= res.timings_ms["tracking_attempt"]
+    # no tracking mode: priors only narrow retrieval
+    off = Localizer(bundle, LocalizerConfig(tracking_max_image_side=0))
+    assert off.localize(rgb, camera, prior=prior).num_keypoints > localizer.cfg.tracking_max_keypoints
