@@ -56,6 +56,7 @@ from typing import Sequence
 import numpy as np
 
 from vloc.progress import QUIET, Reporter
+from vloc.stats import latency_stats
 from vloc.types import VlocError
 
 #: within this translation (m) and rotation (deg) error a pose counts as right.
@@ -132,16 +133,6 @@ class Query:
 # --------------------------------------------------------------------------------------------------
 # pure parts
 # --------------------------------------------------------------------------------------------------
-def latency_stats(values: Sequence[float]) -> dict:
-    """n, p50, p90, p95, p99, mean, max of latencies (same unit in and out; None when empty)."""
-    v = np.asarray([x for x in values if x is not None], np.float64)
-    if len(v) == 0:
-        return {"n": 0, "p50": None, "p90": None, "p95": None, "p99": None, "mean": None, "max": None}
-    p = np.percentile(v, [50, 90, 95, 99])
-    return {"n": int(len(v)), "p50": float(p[0]), "p90": float(p[1]), "p95": float(p[2]), "p99": float(p[3]),
-            "mean": float(v.mean()), "max": float(v.max())}
-
-
 def schedule(robots: int, hz: float, seconds: float) -> list[list[float]]:
     """Send times (s from the start) of each robot: R Hz for S seconds, robot i shifted by i/(N R)."""
     period = 1.0 / hz

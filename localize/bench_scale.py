@@ -57,6 +57,7 @@ import numpy as np
 from vloc.camera import Camera
 from vloc.geometry import Rigid3, pose_error
 from vloc.progress import QUIET, Reporter
+from vloc.stats import latency_stats
 from vloc.types import ImageRecord, VlocError
 
 DEFAULT_SIZES = (100, 1000, 5000)
@@ -143,13 +144,8 @@ def room_of(name: str) -> int | None:
     return int(head[5:]) if head.startswith("room-") and head[5:].isdigit() else None
 
 
-def percentile_stats(values: Sequence[float]) -> dict:
-    """n, p50, p90, mean, max of a list of numbers (None entries when empty)."""
-    v = np.asarray(list(values), np.float64)
-    if len(v) == 0:
-        return {"n": 0, "p50": None, "p90": None, "mean": None, "max": None}
-    return {"n": int(len(v)), "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
-            "mean": float(v.mean()), "max": float(v.max())}
+#: n, p50, p90, p95, p99, mean, max of a list of numbers (shared with the serve benchmark).
+percentile_stats = latency_stats
 
 
 def stage_medians(timings: Sequence[dict]) -> dict:

@@ -63,7 +63,7 @@ def _pose_row(reply: dict, truth, latency_s: float) -> dict:
 
 
 def _mode_summary(rows: list[dict]) -> dict:
-    from api.bench_serve import latency_stats
+    from vloc.stats import latency_stats
     ok = [r for r in rows if r["accepted"]]
     lat = latency_stats([r["latency_ms"] for r in rows])
     med = (lambda xs: float(statistics.median(xs)) if xs else None)
