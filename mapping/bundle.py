@@ -88,6 +88,35 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def update_bundle(bundle: Path, stage: str) -> Iterator[tuple[Path, dict]]:
+    """Change an existing bundle atomically: yield ``(tmp, manifest)``, a full copy and its manifest.
+
+    The caller writes new or replaced files under ``tmp`` (always as new files: write to a new
+    name or unlink first) and edits ``manifest`` in place. On success the manifest's ``revision``
+    is incremented, ``history`` gains ``{stage, utc}``, checksums are recomputed and the copy
+    replaces the bundle in one rename; on any exception the bundle is untouched.
+    """
+    import time
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    with atomic_directory(bundle) as tmp:
+        for p in bundle.iterdir():
+            if p.name == MANIFEST:
+                continue
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+        manifest = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")}
+        yield tmp, manifest
+        manifest["revision"] = int(manifest.get("revision", 0)) + 1
+        manifest.setdefault("history", []).append(
+            {"stage": stage, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        stats = manifest.get("statistics")
+        if isinstance(stats, dict) and "bytes_on_disk" in stats:
+            stats["bytes_on_disk"] = dir_size(tmp)
+        write_manifest(tmp, manifest)
+
+
 def _fsync_tree(root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file():

@@ -242,3 +242,23 @@ def test_global_sfm_option(dataset, tmp_path):
     b = np.array([truth[n] for n in sorted(est)])
     err = np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)
     assert err.max() < 0.02
+
+
+def test_update_bundle_is_atomic_and_versioned(posed_bundle, tmp_path):
+    from mapping.bundle import update_bundle
+    copy = tmp_path / "b"
+    shutil.copytree(posed_bundle, copy)
+    before = (copy / "manifest.json").read_bytes()
+    with pytest.raises(RuntimeError):
+        with update_bundle(copy, "broken") as (tmp, m):
+            (tmp / "extra.txt").write_text("x")
+            m["georeference"] = {"half": "written"}
+            raise RuntimeError("killed mid-stage")
+    assert (copy / "manifest.json").read_bytes() == before and not (copy / "extra.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    with update_bundle(copy, "layers") as (tmp, m):
+        (tmp / "extra.txt").write_text("x")
+        m["layers"] = {"extra": "extra.txt"}
+    m = read_manifest(copy)
+    assert m["revision"] == 1 and m["history"][-1]["stage"] == "layers" and m["layers"]
+    assert "extra.txt" in m["files"] and verify_files(copy, m) == []
