@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from api.geo import Georeference
+from vloc.geo import Georeference
 from localize import Localizer, LocalizerConfig
 
 log = logging.getLogger("vloc.api.cache")

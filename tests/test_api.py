@@ -382,7 +382,7 @@ def test_georeferenced_map_returns_geodetic_pose(svc, tmap, queries, tmp_path):
 
 
 def test_malformed_georeference_is_refused_not_guessed():
-    from api.geo import Georeference
+    from vloc.geo import Georeference
     assert Georeference.from_manifest({}) is None
     for bad in ({"origin": {"latitude": 95, "longitude": 0}, "enu_from_map": {"translation": [0, 0, 0],
                                                                             "rotation": np.eye(3).tolist()}},

@@ -5,8 +5,9 @@ Expected manifest entry (written by the georeferencing stage; absent = not geore
     "georeference": {
       "origin": {"latitude": deg, "longitude": deg, "altitude": m},   # WGS84, ellipsoidal height
       "enu_from_map": {"scale": s, "quaternion_wxyz": [w, x, y, z],   # or "rotation": 3x3 rows
-                       "translation": [e, n, u]}                      # x_enu = s R x_map + t
-    }
+                       "translation": [e, n, u]},                     # x_enu = s R x_map + t
+      ...                                                             # further keys (source,
+    }                                                                 # residuals, crs) are kept
 
 ENU is the local east-north-up frame at ``origin``; pyproj does every conversion
 (``cart`` + ``topocentric`` pipeline, inverted). heading: the camera's optical axis (+z)
@@ -22,7 +23,7 @@ import numpy as np
 from pyproj import Transformer
 from pyproj.enums import TransformDirection
 
-from vloc.geometry import Rigid3, quat_wxyz_to_matrix
+from vloc.geometry import Rigid3, Sim3, matrix_to_quat_wxyz, quat_wxyz_to_matrix
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,24 @@ class Georeference:
         if not ok:
             raise ValueError("malformed georeference in the manifest: origin, scale or rotation out of range")
         return ref
+
+    @property
+    def enu_from_map(self) -> Sim3:
+        return Sim3(self.scale, self.rotation, self.translation)
+
+    @staticmethod
+    def from_sim3(latitude: float, longitude: float, altitude: float, enu_from_map: Sim3) -> "Georeference":
+        return Georeference(float(latitude), float(longitude), float(altitude), float(enu_from_map.scale),
+                            np.asarray(enu_from_map.rotation, np.float64),
+                            np.asarray(enu_from_map.translation, np.float64))
+
+    def to_manifest(self, **extra) -> dict:
+        """The manifest's ``georeference`` entry; ``extra`` (source, residuals, crs...) is stored beside."""
+        return {"origin": {"latitude": self.latitude, "longitude": self.longitude, "altitude": self.altitude},
+                "enu_from_map": {"scale": self.scale,
+                                 "quaternion_wxyz": [float(v) for v in matrix_to_quat_wxyz(self.rotation)],
+                                 "translation": [float(v) for v in self.translation]},
+                **extra}
 
     @property
     def _transformer(self) -> Transformer:
