@@ -10,12 +10,14 @@ from mapping.cli import app as map_app
 from localize.cli import localize_cmd
 from api.cli import keys_app, serve_cmd
 from vloc.bench_cli import app as bench_app
+from robots.cli import app as robots_app
 from vloc.cli_util import user_errors
 
 app = typer.Typer(help="vloc: indoor visual localization and HD maps for delivery robots.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(map_app, name="map")
 app.add_typer(bench_app, name="bench")
+app.add_typer(robots_app, name="robots")
 app.command("localize")(localize_cmd)
 app.add_typer(keys_app, name="keys")
 app.command("serve")(serve_cmd)
