@@ -20,6 +20,7 @@ from mapping.pairs import PosePairConfig, pairs_exhaustive, pairs_from_poses, pa
 from mapping.reconstruct import (ReconstructionConfig, filter_points, reprojection_errors,
                                  structure_from_motion, triangulate_known_poses)
 from mapping.retrieval import RetrievalConfig, RetrievalIndex
+from mapping.stage_cache import StageCache, content_key
 from vloc import __version__
 from vloc.camera import Camera
 from vloc.geometry import Rigid3
@@ -86,14 +87,27 @@ def list_images(root: Path) -> list[str]:
                   if p.is_file() and p.suffix in IMAGE_EXTS and not p.name.startswith("."))
 
 
-def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter) -> list[Features]:
+def _feature_key(r: ImageRecord, image_sha: str, cfg: BuildConfig) -> str:
+    return content_key("features", image_sha, str(r.camera), asdict(cfg.features))
+
+
+def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
+                cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> list[Features]:
+    """Features of every record (from ``cache`` when an identical image was done before)."""
     # OpenCV releases the GIL; one backend per thread keeps detector state separate.
     local = threading.local()
 
     def one(r: ImageRecord) -> Features:
+        key = _feature_key(r, image_sha[r.name], cfg) if cache is not None else None
+        if key is not None and (hit := cache.get("features", key)) is not None:
+            return Features(hit["keypoints"], hit["scales"], hit["orientations"], hit["descriptors"])
         if not hasattr(local, "backend"):
             local.backend = make_backend("sift", **asdict(cfg.features))
-        return local.backend.extract(read_image(Path(root) / r.name, r.camera, gray=True))
+        f = local.backend.extract(read_image(Path(root) / r.name, r.camera, gray=True))
+        if key is not None:
+            cache.put("features", key, keypoints=f.keypoints, scales=f.scales, orientations=f.orientations,
+                      descriptors=f.descriptors)
+        return f
 
     with ThreadPoolExecutor(cfg.workers) as ex:
         feats = list(reporter.track(ex.map(one, records), "features", total=len(records)))
@@ -104,10 +118,32 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
 
 
 def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[tuple[int, int]],
-                posed: bool, cfg: BuildConfig, reporter: Reporter) -> dict[tuple[int, int], VerifiedPair]:
+                posed: bool, cfg: BuildConfig, reporter: Reporter, cache: StageCache | None = None,
+                feature_keys: list[str] | None = None) -> dict[tuple[int, int], VerifiedPair]:
+    """Verified matches of each pair (from ``cache`` when the same pair was verified before)."""
     mc = cfg.matching
 
     def one(pair: tuple[int, int]):
+        key = None
+        if cache is not None:
+            i, j = pair
+            poses = [None if r.cam_from_world is None else r.cam_from_world.matrix3x4().tolist()
+                     for r in (records[i], records[j])]
+            key = content_key("matches", feature_keys[i], feature_keys[j], posed, poses, asdict(mc))
+            if (hit := cache.get("matches", key)) is not None:
+                if len(hit["matches"]) == 0:
+                    return pair, None
+                return pair, VerifiedPair(hit["matches"], Rigid3(hit["rotation"], hit["translation"]), hit["E"])
+        pair, vp = _match_one(pair)
+        if key is not None:
+            if vp is None:
+                cache.put("matches", key, matches=np.zeros((0, 2), np.int64))
+            else:
+                cache.put("matches", key, matches=vp.matches, rotation=vp.cam2_from_cam1.rotation,
+                          translation=vp.cam2_from_cam1.translation, E=vp.E)
+        return pair, vp
+
+    def _match_one(pair: tuple[int, int]):
         i, j = pair
         # RootSIFT per pair (cheap) rather than a float32 copy of every image's descriptors in memory.
         m = match_descriptors(normalise_descriptors(feats[i].descriptors), normalise_descriptors(feats[j].descriptors),
@@ -178,8 +214,12 @@ def source_checksums(root: Path, records: list[ImageRecord], pose_file: Path | N
 
 def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: BuildConfig = BuildConfig(),
               pose_file: Path | None = None, pose_format: str | None = None,
-              reporter: Reporter = QUIET) -> dict:
-    """Build a bundle at ``out`` from records (all posed, or all unposed). Returns the manifest."""
+              reporter: Reporter = QUIET, work_dir: Path | None = None) -> dict:
+    """Build a bundle at ``out`` from records (all posed, or all unposed). Returns the manifest.
+
+    ``work_dir``: a :class:`~mapping.stage_cache.StageCache` directory; an interrupted build
+    rerun with the same work_dir skips the images and pairs it had finished.
+    """
     t0 = time.perf_counter()
     records = resolve_images(images_root, records, reporter)
     if len(records) < 2:
@@ -192,8 +232,11 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     posed = posed_flags == {True}
     timings = {}
 
+    sources = source_checksums(images_root, records, pose_file)
+    cache = StageCache(work_dir) if work_dir is not None else None
     t = time.perf_counter()
-    feats = extract_all(images_root, records, cfg, reporter)
+    feats = extract_all(images_root, records, cfg, reporter, cache, sources["images"])
+    fkeys = [_feature_key(r, sources["images"][r.name], cfg) for r in records] if cache is not None else None
     timings["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -209,7 +252,7 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
         pairs = pairs_from_similarity(index.similarity_matrix(), cfg.retrieval_pairs_k, cfg.sequential_window)
     if not pairs:
         raise VlocError("no overlapping image pairs found (are the poses in metres and do the views overlap?)")
-    verified = match_pairs(records, feats, pairs, posed, cfg, reporter)
+    verified = match_pairs(records, feats, pairs, posed, cfg, reporter, cache, fkeys)
     timings["matching_s"] = time.perf_counter() - t
     if not verified:
         raise VlocError("no image pair has enough verified matches")
@@ -271,8 +314,9 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
             "mapping": {"posed": posed, "config": _jsonable(asdict(cfg))},
             "retrieval": {"type": "vlad", "n_clusters": int(len(index.centroids)), "dim": int(index.descriptors.shape[1])},
             "statistics": stats,
-            "sources": source_checksums(images_root, records, pose_file),
+            "sources": sources,
         }
+        bundle_io.record_pending_stage(manifest, "build")
         stats["bytes_on_disk"] = bundle_io.dir_size(tmp)
         stats["bytes_per_image"] = stats["bytes_on_disk"] / max(1, len(names))
         bundle_io.write_manifest(tmp, manifest)

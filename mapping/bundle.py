@@ -29,6 +29,7 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -49,6 +50,31 @@ CONVENTIONS = {
     "camera_frame": "x right, y down, z forward",
     "pixel": "COLMAP: centre of the top-left pixel is (0.5, 0.5)",
 }
+
+
+#: stage name -> key of a batch stage now running (see :func:`recording_stage`).
+_PENDING_STAGES: ContextVar[dict[str, str]] = ContextVar("vloc_pending_stages", default={})
+
+
+@contextmanager
+def recording_stage(stage: str, key: str) -> Iterator[None]:
+    """While active, the bundle write of ``stage`` also records ``manifest["stages"][stage]``
+    = ``{key, utc}`` in the same atomic write, so a batch knows which stages are done."""
+    token = _PENDING_STAGES.set({**_PENDING_STAGES.get(), stage: key})
+    try:
+        yield
+    finally:
+        _PENDING_STAGES.reset(token)
+
+
+def record_pending_stage(manifest: dict, stage: str) -> None:
+    """Add the running batch stage's record to a manifest about to be written (no-op outside a batch)."""
+    import time
+
+    key = _PENDING_STAGES.get().get(stage)
+    if key is not None:
+        manifest.setdefault("stages", {})[stage] = {
+            "key": key, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -111,6 +137,7 @@ def update_bundle(bundle: Path, stage: str) -> Iterator[tuple[Path, dict]]:
         manifest["revision"] = int(manifest.get("revision", 0)) + 1
         manifest.setdefault("history", []).append(
             {"stage": stage, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        record_pending_stage(manifest, stage)
         stats = manifest.get("statistics")
         if isinstance(stats, dict) and "bytes_on_disk" in stats:
             stats["bytes_on_disk"] = dir_size(tmp)

@@ -60,8 +60,10 @@ def load_records(images: Path, poses: Optional[Path], poses_format: Optional[Pos
 @app.command("build")
 @user_errors
 def build(
-    images: Path = typer.Option(..., "--images", help="image root; names in the pose file are relative to it"),
-    out: Path = typer.Option(..., "--out", help="bundle directory to write (replaced atomically)"),
+    images: Optional[Path] = typer.Option(None, "--images", help="image root; names in the pose file are relative to it"),
+    out: Optional[Path] = typer.Option(None, "--out", help="bundle directory to write (replaced atomically)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a job file (YAML/JSON/TOML) that runs every "
+                                          "stage (build, georef, fuse-aerial, layers); reruns skip finished stages"),
     poses: Optional[Path] = typer.Option(None, "--poses", help="pose file (omit for SfM from unposed images)"),
     poses_format: Optional[PoseFormat] = typer.Option(None, "--poses-format"),
     camera: Optional[str] = typer.Option(None, "--camera", help='"MODEL W H PARAMS..." for all images'),
@@ -70,7 +72,18 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest statistics as JSON"),
 ) -> None:
-    """Build a map bundle from posed images (--poses) or by SfM from unposed images."""
+    """Build a map bundle from posed images (--poses) or by SfM from unposed images, or run a job file."""
+    if config is not None:
+        if images is not None or out is not None or poses is not None:
+            raise VlocError("--config takes every option from the job file: drop --images/--out/--poses")
+        from mapping.batch import load_batch_config, run_batch
+        cfg_job = load_batch_config(config)
+        done = run_batch(cfg_job, Reporter(enabled=not quiet))
+        print(json.dumps({"bundle": str(cfg_job.out), "stages": done}) if as_json else
+              f"map job done: {cfg_job.out} (" + ", ".join(f"{k} {v}" for k, v in done.items()) + ")")
+        return
+    if images is None or out is None:
+        raise VlocError("give --images and --out (or --config FILE)")
     cam = Camera.parse(camera) if camera else None
     if not images.is_dir():
         raise VlocError(f"--images {images} is not a directory")
