@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     stream_prior_sigma_m: float = Field(0.3, gt=0)
     #: no motion prior when the last accepted pose is older than this, seconds.
     stream_prior_max_gap_s: float = Field(5.0, gt=0)
+    #: an open session re-checks its API key (revoked? map still granted?) this often, seconds;
+    #: a session whose key no longer allows the map is closed with code 4401 / 4403.
+    stream_key_recheck_s: float = Field(1.0, gt=0)
 
     @property
     def registry_path(self) -> Path:

@@ -94,8 +94,9 @@ def parse_frame(data: bytes, max_meta_bytes: int) -> tuple[StreamFrameMeta, byte
 class StreamSession:
     """One WebSocket session: a receive loop that queues frames, a process loop that answers them."""
 
-    def __init__(self, ws: WebSocket, service: Service, map_id: str) -> None:
-        self.ws, self.service, self.map_id = ws, service, map_id
+    def __init__(self, ws: WebSocket, service: Service, map_id: str, token: str | None = None) -> None:
+        self.ws, self.service, self.map_id, self.token = ws, service, map_id, token
+        self.key_checked = time.monotonic()
         s = service.settings
         self.settings = s
         self.tracker = Tracker(s.stream_prior_sigma_m, s.stream_lost_after, s.stream_prior_max_gap_s)
@@ -152,11 +153,27 @@ class StreamSession:
             while not self.frames:
                 self.wakeup.clear()
                 await self.wakeup.wait()
+            if not await self._key_still_valid():
+                return
             frame = self.frames.popleft()
             reply = await self._handle(frame)
             self.service.metrics.stream_frames.labels(
                 "processed" if not reply["dropped"] else reply["reason"]).inc()
             await self.ws.send_text(json.dumps(reply))
+
+    async def _key_still_valid(self) -> bool:
+        """Re-authenticate at most every ``stream_key_recheck_s``; close the session when refused."""
+        if time.monotonic() - self.key_checked < self.settings.stream_key_recheck_s:
+            return True
+        try:
+            principal = await asyncio.to_thread(authenticate, self.token, self.service.registry)
+            authorize_map(principal, self.map_id)
+        except ApiError as e:
+            log.info("closing a stream on map %s: %s", self.map_id, e.detail)
+            await self.ws.close(code=4000 + e.status, reason=e.detail[:120])
+            return False
+        self.key_checked = time.monotonic()
+        return True
 
     async def _handle(self, f: _Frame) -> dict:
         if f.error is not None:
@@ -217,8 +234,9 @@ async def _refuse(ws: WebSocket, e: ApiError) -> None:
 async def stream(websocket: WebSocket, map_id: str) -> None:
     """Per-robot streaming localization (protocol: module docstring of ``api.stream``)."""
     service: Service = websocket.app.state.vloc
+    token = token_from_headers(websocket.headers)
     try:
-        principal = await asyncio.to_thread(authenticate, token_from_headers(websocket.headers), service.registry)
+        principal = await asyncio.to_thread(authenticate, token, service.registry)
         websocket.scope.setdefault("state", {})["key_id"] = principal.key_id
         authorize_map(principal, map_id)
         await asyncio.to_thread(service.active, map_id)
@@ -228,7 +246,7 @@ async def stream(websocket: WebSocket, map_id: str) -> None:
     await websocket.accept()
     service.metrics.stream_sessions.inc()
     try:
-        await StreamSession(websocket, service, map_id).run()
+        await StreamSession(websocket, service, map_id, token).run()
     finally:
         service.metrics.stream_sessions.dec()
         try:

@@ -44,7 +44,7 @@ def blank():
 @pytest.fixture(scope="module")
 def svc(tmap, tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("stream-data"), workers=2, max_frame_age_s=1.5,
-                        stream_max_pending=2, stream_lost_after=LOST_AFTER)
+                        stream_max_pending=2, stream_lost_after=LOST_AFTER, stream_key_recheck_s=0.2)
     app = create_app(settings)
     reg = app.state.vloc.registry
     keys = {"admin": reg.create_key("admin")[1], "robot": reg.create_key("robot", ["room"])[1],
@@ -96,6 +96,22 @@ def test_stream_lost_after_rejections_falls_back_to_global(svc, walk, blank):
         back = ask(ws, "b", img1)
         assert back["tracking"] == "lost" and not back["prior_used"] and back["accepted"]
         assert ask(ws, "c", img0)["tracking"] == "tracking"
+
+
+def test_revoking_a_key_closes_its_open_streams(svc, walk):
+    from websockets.exceptions import ConnectionClosed
+    admin = {"X-API-Key": svc.keys["admin"]}
+    r = httpx.post(f"{svc.url}/v1/keys", json={"role": "robot", "maps": ["room"]}, headers=admin, trust_env=False)
+    assert r.status_code == 201, r.text
+    key_id, token = r.json()["key_id"], r.json()["key"]
+    with connect(f"{svc.ws_url}/v1/maps/room/stream", additional_headers={"X-API-Key": token},
+                 proxy=None, max_size=None, open_timeout=30) as ws:
+        assert ask(ws, 1, walk[0][0])["accepted"]
+        assert httpx.delete(f"{svc.url}/v1/keys/{key_id}", headers=admin, trust_env=False).status_code == 200
+        time.sleep(0.3)  # past the session's re-check interval
+        with pytest.raises(ConnectionClosed) as e:
+            ask(ws, 2, walk[1][0])
+    assert e.value.rcvd.code == 4401 and "revoked" in e.value.rcvd.reason
 
 
 def test_stale_frame_is_dropped_and_reported(svc, walk):
