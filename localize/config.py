@@ -30,6 +30,11 @@ class LocalizerConfig:
     # retrieval -----------------------------------------------------------------------------
     #: map images retrieved per query; matching cost is bounded by this.
     top_k: int = 10
+    #: maps with at least this many images get an inverted file over their global descriptors
+    #: (built at load), so retrieval scores a fraction of the map instead of every image.
+    retrieval_ivf_min_images: int = 1000
+    #: lists of that inverted file scored per query (more = closer to exhaustive).
+    retrieval_nprobe: int = 12
     #: with a pose prior, candidates lie within max(prior_radius_m, 3 sigma) of the prior position.
     prior_radius_m: float = 2.0
 

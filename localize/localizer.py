@@ -15,6 +15,7 @@ from localize.config import LocalizerConfig
 from localize.map import LocalizationMap
 from localize.result import LocalizationResult, PosePrior
 from mapping.features import Features, SiftBackend, SiftConfig, root_sift
+from mapping.retrieval import InvertedFile
 from vloc.camera import Camera
 from vloc.geometry import Rigid3
 from vloc.types import VlocError
@@ -137,6 +138,9 @@ class Localizer:
         self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle))
         self.cfg = cfg
         self.map.cache_rootsift(int(cfg.rootsift_cache_mb * 1e6))
+        valid = self.map.retrieval_rows >= 0
+        self.ivf = (InvertedFile.build(self.map.retrieval_matrix) if 0 < cfg.retrieval_ivf_min_images <= valid.sum()
+                    else None)
         self._local = threading.local()
 
     def _backend(self, tracking: bool = False) -> SiftBackend:
@@ -163,6 +167,15 @@ class Localizer:
         """Rows (into map.image_names) of the top-k map images for this query."""
         m, k = self.map, k or self.cfg.top_k
         g = m.retrieval.describe(features.descriptors)
+        if prior is None and self.ivf is not None:  # sublinear: only the images of the closest lists
+            cand = self.ivf.candidates(g, self.cfg.retrieval_nprobe)
+            cand = cand[m.retrieval_rows[cand] >= 0]
+            k = min(k, len(cand))
+            if k == 0:
+                return np.zeros(0, np.int64)
+            s = m.retrieval_matrix[cand] @ g
+            top = np.argpartition(-s, k - 1)[:k]
+            return m.retrieval_rows[cand[top[np.argsort(-s[top])]]]
         scores = m.retrieval_matrix @ g
         rows = m.retrieval_rows
         valid = rows >= 0

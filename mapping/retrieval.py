@@ -92,3 +92,48 @@ class RetrievalIndex:
     def load(path: Path) -> "RetrievalIndex":
         with np.load(path, allow_pickle=False) as z:
             return RetrievalIndex(z["centroids"], z["descriptors"], [str(n) for n in z["names"]])
+
+
+@dataclass(frozen=True)
+class InvertedFile:
+    """A coarse quantiser over unit global descriptors, so a query scores ~``nprobe / n_lists``
+    of the map plus the list centroids instead of every image (sublinear in the map size).
+
+    centroids: (L, G) float32 unit vectors.  order: (N,) int64 descriptor rows grouped by list.
+    offsets: (L+1,) int64: list l owns ``order[offsets[l]:offsets[l+1]]``.
+    """
+
+    centroids: np.ndarray
+    order: np.ndarray
+    offsets: np.ndarray
+
+    @staticmethod
+    def build(g: np.ndarray, n_lists: int | None = None, iterations: int = 10, seed: int = 0) -> "InvertedFile":
+        """Spherical k-means of (N, G) unit rows into ``n_lists`` (default ~sqrt(N)) lists."""
+        g = np.ascontiguousarray(g, dtype=np.float32)
+        n = len(g)
+        L = int(min(n, n_lists or max(1, round(np.sqrt(n)))))
+        rng = np.random.default_rng(seed)
+        c = g[rng.choice(n, L, replace=False)].copy()
+        for _ in range(iterations):
+            assign = np.argmax(g @ c.T, axis=1)
+            sums = np.zeros_like(c)
+            np.add.at(sums, assign, g)
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)
+            empty = norms[:, 0] < 1e-12
+            c = np.where(empty[:, None], c, sums / np.maximum(norms, 1e-12))  # an empty list keeps its seed
+        assign = np.argmax(g @ c.T, axis=1)
+        order = np.argsort(assign, kind="stable").astype(np.int64)
+        offsets = np.searchsorted(assign[order], np.arange(L + 1)).astype(np.int64)
+        return InvertedFile(c.astype(np.float32), order, offsets)
+
+    @property
+    def n_lists(self) -> int:
+        return len(self.centroids)
+
+    def candidates(self, q: np.ndarray, nprobe: int) -> np.ndarray:
+        """(M,) descriptor rows in the ``nprobe`` lists whose centroids are closest to query (G,)."""
+        nprobe = int(min(max(1, nprobe), self.n_lists))
+        s = self.centroids @ np.asarray(q, np.float32)
+        lists = np.argpartition(-s, nprobe - 1)[:nprobe]
+        return np.concatenate([self.order[self.offsets[l]:self.offsets[l + 1]] for l in lists])

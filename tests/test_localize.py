@@ -183,3 +183,13 @@ def test_tracking_mode_is_cheaper_and_falls_back_when_unsure(bundle, localizer, 
     # no tracking mode: priors only narrow retrieval
     off = Localizer(bundle, LocalizerConfig(tracking_max_image_side=0))
     assert off.localize(rgb, camera, prior=prior).num_keypoints > localizer.cfg.tracking_max_keypoints
+
+
+def test_inverted_file_retrieval_localizes_like_exhaustive(bundle, localizer, queries):
+    frames, camera = queries
+    ivf_loc = Localizer(localizer.map, LocalizerConfig(retrieval_ivf_min_images=1, retrieval_nprobe=3))
+    assert ivf_loc.ivf is not None and localizer.ivf is None  # small maps search exhaustively by default
+    for rgb, truth in frames[:4]:
+        res = ivf_loc.localize(rgb, camera)
+        assert res.accepted, res.reason
+        assert pose_error(res.cam_from_world, truth)[0] < 0.01
