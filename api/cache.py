@@ -9,6 +9,7 @@ on it, and Python frees it afterwards; this is what makes activation a hot swap.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,12 +33,36 @@ def estimate_bytes(loc: Localizer) -> int:
     m = loc.map
     arrays = [m.points_xyz, m.obs_descriptors, m.obs_point, m.image_offsets, m.image_centres,
               m.retrieval_matrix, m.retrieval_rows, m.retrieval.centroids, m.retrieval.descriptors]
-    total = sum(int(a.nbytes) for a in arrays if isinstance(a, np.ndarray))
+    # memory-mapped arrays are file-backed pages shared by every process serving the map: the
+    # kernel may drop them under pressure, so they do not count against the budget
+    total = sum(int(a.nbytes) for a in arrays if isinstance(a, np.ndarray) and not isinstance(a, np.memmap))
     cache = getattr(m, "_rootsift_cache", None)
     if cache is not None:
         total += int(cache.numel() * cache.element_size())
     total += sum(len(n) + 50 for n in m.image_names)
     return total
+
+
+def prune_sidecars(mmap_dir: Path | None, maps_dir: Path) -> int:
+    """Delete descriptor sidecars no stored bundle refers to (call at startup); returns how many."""
+    if mmap_dir is None or not Path(mmap_dir).is_dir():
+        return 0
+    live = set()
+    for m in Path(maps_dir).glob("*/*/manifest.json"):
+        try:
+            live.add(json.loads(m.read_text())["files"]["features.h5"]["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    gone = 0
+    for side in Path(mmap_dir).iterdir():
+        if side.name.startswith("."):  # a temp file: only when old (another process may be writing it)
+            stale = time.time() - side.stat().st_mtime > 600
+        else:
+            stale = side.name.split(".")[0] not in live
+        if stale:
+            side.unlink(missing_ok=True)
+            gone += 1
+    return gone
 
 
 @dataclass
@@ -52,10 +77,12 @@ class LoadedMap:
     load_seconds: float
 
 
-def load_map(map_id: str, version: str, path: Path, cfg: LocalizerConfig) -> LoadedMap:
-    """Load a bundle directory (VlocError for a broken bundle)."""
+def load_map(map_id: str, version: str, path: Path, cfg: LocalizerConfig,
+             mmap_dir: Path | None = None) -> LoadedMap:
+    """Load a bundle directory (VlocError for a broken bundle); descriptors memory-mapped from
+    sidecars in ``mmap_dir`` when given."""
     t0 = time.perf_counter()
-    loc = Localizer(path, cfg)
+    loc = Localizer(path, cfg, mmap_dir=mmap_dir)
     try:
         geo = Georeference.from_manifest(loc.map.manifest)
     except ValueError as e:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from api.cache import LoadedMap, MapCache, load_map
+from api.cache import LoadedMap, MapCache, load_map, prune_sidecars
 from api.errors import ApiError
 from api.limits import decode_image
 from api.metrics import Metrics
@@ -74,10 +74,11 @@ class Service:
         self.settings = settings
         self.registry = Registry(settings.data_dir)
         self.registry.clean_staging()
+        prune_sidecars(settings.mmap_dir, self.registry.maps_dir)
         self.metrics = Metrics()
         cfg = localizer_config or LocalizerConfig()
         self.cache = MapCache(settings.cache_budget_bytes,
-                              lambda m, v, p: load_map(m, v, p, cfg),
+                              lambda m, v, p: load_map(m, v, p, cfg, settings.mmap_dir),
                               on_load=self.metrics.on_load, on_change=self.metrics.on_cache_change,
                               on_evict=self.metrics.map_evictions.inc)
         self.metrics.cache_budget_bytes.set(settings.cache_budget_bytes)

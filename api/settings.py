@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     #: a session whose key no longer allows the map is closed with code 4401 / 4403.
     stream_key_recheck_s: float = Field(1.0, gt=0)
 
+    #: memory-map map descriptors from uncompressed sidecars in ``DATA/mmap`` (shared page cache
+    #: across worker processes, near-free reloads); off = decompress them into each process.
+    mmap_descriptors: bool = True
+
+    @property
+    def mmap_dir(self) -> Path | None:
+        return self.data_dir / "mmap" if self.mmap_descriptors else None
+
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.sqlite"

@@ -134,8 +134,10 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, cf
 class Localizer:
     """Loads a bundle once; ``localize(image, camera)`` per frame. Safe to call from several threads."""
 
-    def __init__(self, bundle: Path | LocalizationMap, cfg: LocalizerConfig = LocalizerConfig()) -> None:
-        self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle))
+    def __init__(self, bundle: Path | LocalizationMap, cfg: LocalizerConfig = LocalizerConfig(),
+                 mmap_dir: Path | None = None) -> None:
+        """``mmap_dir``: memory-map the map's descriptors from sidecars there (see LocalizationMap.load)."""
+        self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle), mmap_dir)
         self.cfg = cfg
         self.map.cache_rootsift(int(cfg.rootsift_cache_mb * 1e6))
         valid = self.map.retrieval_rows >= 0

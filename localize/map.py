@@ -1,6 +1,8 @@
 """A map bundle loaded once for localization: arrays laid out for per-query work bounded by k."""
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,28 @@ def points_from_model(path: Path, image_names: list[str]) -> tuple[np.ndarray, n
             raise VlocError(f"{path}: image {name} of features.h5 is not in the model")
         centres.append(Rigid3.from_pycolmap(im.cam_from_world()).centre)
     return ids, xyz, np.array(centres).reshape(-1, 3)
+
+
+def mapped_descriptors(bundle: Path, manifest: dict, mmap_dir: Path) -> np.ndarray:
+    """(T, D) read-only memory map of a bundle's observation descriptors.
+
+    The sidecar ``mmap_dir/<sha256 of features.h5>.npy`` is written (temp + rename) the first
+    time and reused by every later load and process; it is derived data, outside the bundle.
+    """
+    sha = manifest.get("files", {}).get("features.h5", {}).get("sha256")
+    if not sha:
+        raise VlocError(f"{bundle}: the manifest has no checksum for features.h5")
+    side = Path(mmap_dir) / f"{sha}.npy"
+    if not side.is_file():
+        side.parent.mkdir(parents=True, exist_ok=True)
+        desc = read_features_h5(Path(bundle) / "features.h5").descriptors
+        tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(desc))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, side)
+    return np.load(side, mmap_mode="r")
 
 
 @dataclass
@@ -57,10 +81,15 @@ class LocalizationMap:
             self.retrieval_matrix = np.ascontiguousarray(self.retrieval.descriptors, dtype=np.float32)
 
     @staticmethod
-    def load(path: Path) -> "LocalizationMap":
+    def load(path: Path, mmap_dir: Path | None = None) -> "LocalizationMap":
+        """Load a bundle. With ``mmap_dir``, the observation descriptors are memory-mapped from an
+        uncompressed copy there (made once per features.h5 content, see :func:`mapped_descriptors`):
+        processes serving the same map share its pages and a load reads no descriptor bytes."""
         path = Path(path)
         manifest = read_manifest(path)
-        table = read_features_h5(path / "features.h5")
+        table = read_features_h5(path / "features.h5", descriptors=mmap_dir is None)
+        if mmap_dir is not None:
+            table.descriptors = mapped_descriptors(path, manifest, Path(mmap_dir))
         if table.points_xyz is not None and table.image_centres is not None:
             ids, xyz, centres = table.points_id.astype(np.int64), table.points_xyz, table.image_centres
         else:  # bundles written before features.h5 carried the point table: parse the model

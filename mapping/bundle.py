@@ -190,11 +190,15 @@ class FeatureTable:
         return slice(int(self.image_offsets[image_index]), int(self.image_offsets[image_index + 1]))
 
 
-def read_features_h5(path: Path) -> FeatureTable:
+def read_features_h5(path: Path, descriptors: bool = True) -> FeatureTable:
+    """The whole table; ``descriptors=False`` leaves them out (an empty (0, D) array) for callers
+    that memory-map them from elsewhere."""
     with h5py.File(path, "r") as f:
         extra = {k: f[name][()] for k, name in (("points_id", "points3D_id"), ("points_xyz", "points3D_xyz"),
                                                  ("image_centres", "image_centres")) if name in f}
-        return FeatureTable(f["descriptors"][()], f["point3D_ids"][()].astype(np.int64),
+        d = f["descriptors"]
+        return FeatureTable(d[()] if descriptors else np.zeros((0, d.shape[1]), d.dtype),
+                            f["point3D_ids"][()].astype(np.int64),
                             f["image_offsets"][()], [n.decode() if isinstance(n, bytes) else str(n)
                                                      for n in f["image_names"][()]], **extra)
 

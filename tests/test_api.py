@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from api.app import create_app
-from api.cache import MapCache, load_map
+from api.cache import MapCache, estimate_bytes, load_map, prune_sidecars
 from api.settings import Settings
 from api.testing import LiveServer, encode_image, http_client, shared_test_map
 from datasets.synthetic import DEFAULT_CAMERA
@@ -396,6 +396,21 @@ def test_malformed_georeference_is_refused_not_guessed():
 
 
 # cache -------------------------------------------------------------------------------------------
+def test_memory_mapped_maps_count_less_and_sidecars_are_pruned(tmap, tmp_path):
+    mmap_dir, maps_dir = tmp_path / "mmap", tmp_path / "maps"
+    plain = load_map("a", "1", tmap.bundle, LocalizerConfig())
+    mapped = load_map("a", "1", tmap.bundle, LocalizerConfig(), mmap_dir)
+    desc = plain.localizer.map.obs_descriptors.nbytes
+    assert mapped.nbytes == plain.nbytes - desc and desc > 0  # shared file pages are not charged to the budget
+    (side,) = mmap_dir.glob("*.npy")
+    (mmap_dir / ("0" * 64 + ".npy")).write_bytes(b"orphan")
+    assert prune_sidecars(mmap_dir, maps_dir) == 2  # no stored bundle refers to either
+    (maps_dir / "a" / "1").mkdir(parents=True)
+    shutil.copy(tmap.bundle / "manifest.json", maps_dir / "a" / "1" / "manifest.json")
+    load_map("a", "1", tmap.bundle, LocalizerConfig(), mmap_dir)
+    assert prune_sidecars(mmap_dir, maps_dir) == 0 and side.is_file()
+
+
 def test_cache_single_flight_lru_and_budget(tmap):
     calls = []
 

@@ -193,3 +193,18 @@ def test_inverted_file_retrieval_localizes_like_exhaustive(bundle, localizer, qu
         res = ivf_loc.localize(rgb, camera)
         assert res.accepted, res.reason
         assert pose_error(res.cam_from_world, truth)[0] < 0.01
+
+
+def test_memory_mapped_descriptors_give_the_same_poses(bundle, localizer, queries, tmp_path):
+    frames, camera = queries
+    mapped = Localizer(bundle, mmap_dir=tmp_path)
+    assert isinstance(mapped.map.obs_descriptors, np.memmap)
+    assert np.array_equal(np.asarray(mapped.map.obs_descriptors), localizer.map.obs_descriptors)
+    (side,) = tmp_path.glob("*.npy")
+    made = side.stat().st_mtime_ns
+    again = Localizer(bundle, mmap_dir=tmp_path)  # a second load reuses the sidecar
+    assert side.stat().st_mtime_ns == made and isinstance(again.map.obs_descriptors, np.memmap)
+    rgb, _ = frames[0]
+    a, b = localizer.localize(rgb, camera), mapped.localize(rgb, camera)
+    assert a.accepted and b.accepted and a.num_inliers == b.num_inliers
+    assert np.allclose(a.cam_from_world.matrix4(), b.cam_from_world.matrix4())
