@@ -33,7 +33,12 @@ def localize_cmd(
 ) -> None:
     """Localize camera frames in a map bundle."""
     from localize import Localizer
+    from vloc.geo import Georeference
     loc = Localizer(map_)
+    try:
+        georef = Georeference.from_manifest(loc.map.manifest)
+    except ValueError as e:
+        raise VlocError(f"{map_}: {e}") from None
     cam = Camera.parse(camera) if camera else None
     n_rejected = 0
     for path in images:
@@ -41,11 +46,14 @@ def localize_cmd(
         c = cam or default_camera(loc.map.manifest, rgb.shape[1], rgb.shape[0])
         res = loc.localize(rgb, c)
         n_rejected += not res.accepted
+        geo = georef.locate(res.world_from_cam) if georef is not None and res.cam_from_world is not None else {}
         if as_json:
-            print(json.dumps({"image": str(path), **res.to_dict()}))
+            print(json.dumps({"image": str(path), **res.to_dict(), **geo}))
         elif res.accepted:
             c_w = res.world_from_cam.translation
-            print(f"{path}: accepted  position [{c_w[0]:.3f} {c_w[1]:.3f} {c_w[2]:.3f}] m  "
+            where = (f"  lat {geo['latitude']:.7f} lon {geo['longitude']:.7f} alt {geo['altitude']:.2f} m "
+                     f"heading {geo['heading']:.1f} deg" if geo else "")
+            print(f"{path}: accepted  position [{c_w[0]:.3f} {c_w[1]:.3f} {c_w[2]:.3f}] m{where}  "
                   f"inliers {res.num_inliers}  sigma {res.position_sigma_m * 100:.1f} cm  "
                   f"{res.timings_ms['total']:.0f} ms")
         else:
