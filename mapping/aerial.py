@@ -1,0 +1,721 @@
+"""Aerial fusion: refine a map's georeference by registering it to an orthophoto (and a DSM).
+
+Frames and arrays:
+
+* map: the bundle's world frame; ``points_map`` (N, 3), ``colours`` (N, 3) uint8 RGB.
+* ENU: east, north, up at the georeference origin (:mod:`vloc.geo`, ``x_enu = s R x_map + t``).
+* raster CRS: the orthophoto's projected CRS (x = easting, y = northing, metres); pixel
+  (col, row) -> CRS by the raster's ``transform`` (GDAL convention: (0, 0) is the top-left
+  corner of the top-left pixel).  pyproj does every CRS conversion (:mod:`mapping.georef`).
+
+Method: the map's points on the ground (lowest surface in each neighbourhood: what a camera
+looking down sees of a street-level map) are rendered top-down into the orthophoto's pixel
+grid at the current georeference, their grey values splatted over a few pixels.  Patches of
+that sparse rendering are matched to the orthophoto by masked normalised cross-correlation
+(OpenCV ``matchTemplate``) within a search window around the current georeference (the GPS
+prior); the patch correspondences give a 2D similarity by RANSAC
+(``cv2.estimateAffinePartial2D``).  The similarity (in raster CRS metres) becomes a refined
+georeference: east, north, yaw about ENU up and scale change, roll / pitch (the map's gravity
+direction) kept.  This repeats with shrinking search windows.  With a DSM the vertical offset
+(and, over a wide enough map, the tilt) comes from the DSM heights at the ground points.
+A registration that is not well supported (too few agreeing patches, residual too large,
+inliers bunched together, a correction beyond the stated bounds) is refused with the reason.
+
+DSM heights are taken as heights in the georeference's vertical reference (WGS84 ellipsoidal
+heights for GPS georeferences); pyproj here has no geoid grids to convert orthometric DSMs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import rasterio
+import rasterio.warp
+import rasterio.windows
+from pyproj import CRS
+from rasterio.crs import CRS as RioCRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from scipy.spatial.transform import Rotation
+
+from mapping.georef import crs_to_geodetic, geodetic_to_enu, map_to_crs, utm_crs_for
+from vloc.geo import Georeference
+from vloc.types import VlocError
+
+
+# ---- rasters ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Raster:
+    """A georeferenced raster in memory.
+
+    array: (H, W, C) data bands (alpha excluded), dtype as in the file.
+    valid: (H, W) bool, True where the data is valid (GDAL dataset mask: alpha band, nodata,
+        or all valid).
+    transform: pixel (col, row) -> CRS (x, y), GDAL corner convention.  crs: the raster's CRS.
+    nodata: the file's nodata value, or None.  path: the source file, or None when computed.
+    """
+
+    array: np.ndarray
+    valid: np.ndarray
+    transform: Affine
+    crs: RioCRS
+    nodata: float | None = None
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) in pixels."""
+        return self.array.shape[0], self.array.shape[1]
+
+    @property
+    def gsd(self) -> float:
+        """Ground sampling distance: mean pixel size in CRS units (metres for projected CRSs)."""
+        t = self.transform
+        return float((math.hypot(t.a, t.d) + math.hypot(t.b, t.e)) / 2)
+
+    @property
+    def bounds(self) -> rasterio.coords.BoundingBox:
+        """(left, bottom, right, top) in CRS units."""
+        return rasterio.coords.BoundingBox(*rasterio.transform.array_bounds(*self.shape, self.transform))
+
+    def grey(self) -> np.ndarray:
+        """(H, W) float32 luminance (Rec. 601) of RGB rasters, band 0 otherwise; 0 where invalid."""
+        a = self.array.astype(np.float32)
+        g = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114 if a.shape[2] >= 3 else a[..., 0]
+        return np.where(self.valid, g, 0.0).astype(np.float32)
+
+
+def read_raster(path: str | Path, bounds: tuple[float, float, float, float] | None = None) -> Raster:
+    """Read a GeoTIFF (any GDAL raster) with its CRS, geotransform and validity mask.
+
+    bounds: optional (left, bottom, right, top) in the raster's CRS: read only that window
+    (clipped to the raster; VlocError when they do not overlap).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VlocError(f"raster {path} does not exist")
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise VlocError(f"{path} has no CRS: georeference it first (e.g. gdal_edit.py -a_srs EPSG:...)")
+            if src.transform.is_identity:
+                raise VlocError(f"{path} has no geotransform: it is not georeferenced")
+            window = None
+            if bounds is not None:
+                window = _window_for(bounds, src.transform, src.width, src.height)
+                if window is None:
+                    raise VlocError(f"{path} does not cover the map's area {tuple(round(b, 1) for b in bounds)} "
+                                    f"(raster bounds {tuple(round(b, 1) for b in src.bounds)}, {src.crs})")
+            alpha = [i + 1 for i, c in enumerate(src.colorinterp) if c == ColorInterp.alpha]
+            bands = [i for i in range(1, src.count + 1) if i not in alpha] or [1]
+            data = src.read(bands, window=window)
+            valid = src.dataset_mask(window=window) > 0
+            transform = src.window_transform(window) if window is not None else src.transform
+            return Raster(np.ascontiguousarray(np.moveaxis(data, 0, 2)), valid, transform, src.crs,
+                          src.nodata, path)
+    except RasterioIOError as e:
+        raise VlocError(f"cannot read {path} as a raster ({e})") from None
+
+
+def _window_for(bounds: tuple[float, float, float, float], transform: Affine, W: int, H: int
+                ) -> rasterio.windows.Window | None:
+    """Pixel window covering (left, bottom, right, top), clipped to the raster; None when disjoint."""
+    l, b, r, t = bounds
+    cols, rows = apply_affine(~transform, np.array([[l, b], [l, t], [r, b], [r, t]], np.float64))
+    c0, c1 = max(0, math.floor(cols.min() + 1e-6)), min(W, math.ceil(cols.max() - 1e-6))
+    r0, r1 = max(0, math.floor(rows.min() + 1e-6)), min(H, math.ceil(rows.max() - 1e-6))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def reproject_raster(src: Raster, dst_crs: str | CRS | RioCRS, resolution: float | None = None,
+                     resampling: Resampling = Resampling.bilinear) -> Raster:
+    """Warp a raster to another CRS (rasterio.warp), north-up, at ``resolution`` (dst CRS units;
+    default: rasterio's estimate preserving the pixel count).  A pixel is valid only where
+    every source pixel it draws from was valid."""
+    dst_crs = RioCRS.from_user_input(dst_crs.to_wkt() if isinstance(dst_crs, CRS) else dst_crs)
+    H, W = src.shape
+    kw = {"resolution": resolution} if resolution is not None else {}
+    transform, w, h = rasterio.warp.calculate_default_transform(src.crs, dst_crs, W, H, *src.bounds, **kw)
+    bands = np.zeros((src.array.shape[2], h, w), src.array.dtype)
+    rasterio.warp.reproject(np.moveaxis(src.array, 2, 0), bands, src_transform=src.transform, src_crs=src.crs,
+                            dst_transform=transform, dst_crs=dst_crs, resampling=resampling)
+    cover = np.zeros((h, w), np.float32)
+    rasterio.warp.reproject(src.valid.astype(np.float32), cover, src_transform=src.transform, src_crs=src.crs,
+                            dst_transform=transform, dst_crs=dst_crs, resampling=resampling, dst_nodata=0.0)
+    return Raster(np.ascontiguousarray(np.moveaxis(bands, 0, 2)), cover >= 0.999, transform, dst_crs, src.nodata,
+                  None)
+
+
+@dataclass(frozen=True, eq=False)
+class Tile:
+    """One tile: its index (row, col) in the tile grid, pixel window, data, and CRS bounds."""
+
+    row: int
+    col: int
+    window: rasterio.windows.Window
+    raster: Raster
+
+    @property
+    def bounds(self) -> rasterio.coords.BoundingBox:
+        return self.raster.bounds
+
+
+def tile_raster(src: Raster | str | Path, tile_px: int) -> Iterator[Tile]:
+    """Cut a raster into tile_px x tile_px tiles (edge tiles smaller), row by row.
+
+    The tiles partition the raster exactly; each carries its own transform and bounds.  A path
+    is read window by window (large orthophotos never load whole).
+    """
+    if tile_px < 1:
+        raise VlocError(f"tile size must be at least 1 pixel, got {tile_px}")
+    if isinstance(src, Raster):
+        H, W = src.shape
+        for r, c, win in _windows(H, W, tile_px):
+            rs, cs = win.toslices()
+            yield Tile(r, c, win, Raster(src.array[rs, cs], src.valid[rs, cs],
+                                         rasterio.windows.transform(win, src.transform), src.crs, src.nodata,
+                                         src.path))
+        return
+    path = Path(src)
+    with rasterio.open(path) as ds:
+        alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+        bands = [i for i in range(1, ds.count + 1) if i not in alpha] or [1]
+        for r, c, win in _windows(ds.height, ds.width, tile_px):
+            data = np.moveaxis(ds.read(bands, window=win), 0, 2)
+            yield Tile(r, c, win, Raster(np.ascontiguousarray(data), ds.dataset_mask(window=win) > 0,
+                                         ds.window_transform(win), ds.crs, ds.nodata, path))
+
+
+def _windows(H: int, W: int, tile_px: int) -> Iterator[tuple[int, int, rasterio.windows.Window]]:
+    for r, r0 in enumerate(range(0, H, tile_px)):
+        for c, c0 in enumerate(range(0, W, tile_px)):
+            yield r, c, rasterio.windows.Window(c0, r0, min(tile_px, W - c0), min(tile_px, H - r0))
+
+
+def apply_affine(t: Affine, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a raster transform to (N, 2) points: pixel (col, row) -> CRS (x, y), or the inverse
+    transform for CRS -> pixel.  Returns (x (N,), y (N,))."""
+    p = np.asarray(xy, np.float64).reshape(-1, 2)
+    return t.a * p[:, 0] + t.b * p[:, 1] + t.c, t.d * p[:, 0] + t.e * p[:, 1] + t.f
+
+
+def sample_raster(r: Raster, xy: np.ndarray, band: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear samples of one band at (N, 2) CRS points -> (values (N,) float64, ok (N,) bool).
+
+    ok is False outside the raster or where any of the four neighbouring pixels is invalid."""
+    c, rr = apply_affine(~r.transform, np.asarray(xy, np.float64))
+    x, y = c - 0.5, rr - 0.5                            # pixel-centre coordinates
+    H, W = r.shape
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    ok = (x0 >= 0) & (y0 >= 0) & (x0 + 1 < W) & (y0 + 1 < H)
+    out = np.full(len(x), np.nan)
+    i, j = y0[ok], x0[ok]
+    ok[ok] = r.valid[i, j] & r.valid[i, j + 1] & r.valid[i + 1, j] & r.valid[i + 1, j + 1]
+    i, j, fx, fy = y0[ok], x0[ok], (x - x0)[ok], (y - y0)[ok]
+    a = r.array[..., band].astype(np.float64)
+    out[ok] = (a[i, j] * (1 - fx) + a[i, j + 1] * fx) * (1 - fy) + (a[i + 1, j] * (1 - fx) + a[i + 1, j + 1] * fx) * fy
+    return out, ok
+
+
+# ---- 2D similarity and the georeference -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Similarity2D:
+    """``x' = scale * R(angle) @ (x - centre) + centre + translation`` on (N, 2) CRS points (metres).
+
+    angle: radians, counter-clockwise in the (x east, y north) plane.  centre: (2,) pivot
+    (kept explicit so that UTM-sized coordinates stay exact in float64).
+    """
+
+    scale: float
+    angle: float
+    translation: np.ndarray
+    centre: np.ndarray
+
+    @property
+    def rotation(self) -> np.ndarray:
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return np.array([[c, -s], [s, c]])
+
+    def apply(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) -> (N, 2)."""
+        d = np.asarray(xy, np.float64) - self.centre
+        return self.scale * d @ self.rotation.T + self.centre + self.translation
+
+    @staticmethod
+    def fit(src: np.ndarray, dst: np.ndarray, fix_scale: float | None = None) -> "Similarity2D":
+        """Least-squares similarity src -> dst ((N, 2) each, N >= 2; Umeyama), pivot at src's mean.
+        fix_scale: keep this scale and fit rotation and translation only."""
+        a, b = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+        ca, cb = a.mean(0), b.mean(0)
+        za = (a[:, 0] - ca[0]) + 1j * (a[:, 1] - ca[1])
+        zb = (b[:, 0] - cb[0]) + 1j * (b[:, 1] - cb[1])
+        k = np.vdot(za, zb)                 # sum conj(za) * zb
+        var = float(np.sum(np.abs(za) ** 2))
+        if var <= 0 or abs(k) == 0:
+            raise ValueError("degenerate points for a 2D similarity")
+        scale = float(abs(k) / var) if fix_scale is None else float(fix_scale)
+        return Similarity2D(scale, float(np.angle(k)), cb - ca, ca)
+
+
+def _rz(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _origin(g: Georeference) -> tuple[float, float, float]:
+    return g.latitude, g.longitude, g.altitude
+
+
+def crs_to_enu(points_crs: np.ndarray, crs: CRS | str, georef: Georeference) -> np.ndarray:
+    """(N, 3) (x, y, ellipsoidal height) in crs -> (N, 3) ENU at the georeference's origin (pyproj)."""
+    return geodetic_to_enu(crs_to_geodetic(points_crs, crs), _origin(georef))
+
+
+def refine_georeference(georef: Georeference, points_map: np.ndarray, crs: CRS | str, correction: Similarity2D,
+                        refine_scale: bool = True) -> Georeference:
+    """The georeference that moves the (N, 3) map points' horizontal positions in crs by ``correction``.
+
+    Same origin and the same gravity direction in the map frame: the new rotation is
+    ``Rz(dyaw) @ R`` (a turn about ENU up), the new scale the fitted one (``refine_scale``) or
+    the old, the horizontal translation fitted, and the vertical translation such that the
+    points' mean height is unchanged.  The fit is least squares over the points (the UTM ->
+    ENU relation is a similarity to ~1e-6 over a map's extent).
+    """
+    xyz = np.asarray(points_map, np.float64).reshape(-1, 3)
+    cur = map_to_crs(xyz, georef, crs)
+    target = cur.copy()
+    target[:, :2] = correction.apply(cur[:, :2])
+    en = crs_to_enu(target, crs, georef)[:, :2]
+    y = xyz @ georef.rotation.T                  # rotated, unscaled map points
+    sim = Similarity2D.fit(y[:, :2], en, fix_scale=None if refine_scale else georef.scale)
+    R = _rz(sim.angle) @ georef.rotation
+    s = sim.scale
+    t_en = sim.apply(np.zeros((1, 2)))[0]         # image of the origin: s R2 (0 - c) + c + t
+    t_u = georef.translation[2] + (georef.scale - s) * float(np.mean(y[:, 2]))
+    return Georeference(georef.latitude, georef.longitude, georef.altitude, float(s), R,
+                        np.array([t_en[0], t_en[1], t_u]))
+
+
+def apply_vertical(georef: Georeference, pivot_enu: np.ndarray, offset_m: float,
+                   slope_en: tuple[float, float] = (0.0, 0.0)) -> Georeference:
+    """Raise the map by offset_m and tilt it so heights change by ``slope_e * de + slope_n * dn``
+    around pivot_enu (3,): ``x' = Q (x - pivot) + pivot + offset * up``, Q the smallest rotation
+    with ``Q^T up ~ (slope_e, slope_n, 1)`` (it turns the map's gravity direction)."""
+    v = np.array([slope_en[0], slope_en[1], 1.0])
+    v /= np.linalg.norm(v)
+    axis = np.cross(v, [0.0, 0.0, 1.0])
+    n = np.linalg.norm(axis)
+    Q = np.eye(3) if n < 1e-15 else Rotation.from_rotvec(axis / n * math.asin(min(n, 1.0))).as_matrix()
+    p = np.asarray(pivot_enu, np.float64)
+    t = Q @ (georef.translation - p) + p + np.array([0.0, 0.0, offset_m])
+    return Georeference(georef.latitude, georef.longitude, georef.altitude, georef.scale, Q @ georef.rotation, t)
+
+
+# ---- top-down rendering and patch matching -----------------------------------------------------
+
+def ground_mask(enu: np.ndarray, cell_m: float = 2.0, tolerance_m: float = 0.3, percentile: float = 10.0) -> np.ndarray:
+    """(N, 3) ENU points -> (N,) bool: points within tolerance_m of the local ground, the
+    percentile-th lowest height among the points of the surrounding 3 x 3 cells of cell_m."""
+    p = np.asarray(enu, np.float64)
+    cells = np.floor(p[:, :2] / cell_m).astype(np.int64)
+    keys, inverse = np.unique(cells, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    index = {tuple(k): i for i, k in enumerate(keys)}
+    members = [[] for _ in keys]
+    for i, c in enumerate(inverse):
+        members[c].append(i)
+    members = [np.array(m) for m in members]
+    level = np.empty(len(keys))
+    for i, k in enumerate(keys):
+        near = [members[index[(k[0] + dx, k[1] + dy)]] for dx in (-1, 0, 1) for dy in (-1, 0, 1)
+                if (k[0] + dx, k[1] + dy) in index]
+        level[i] = np.percentile(p[np.concatenate(near), 2], percentile)
+    return np.abs(p[:, 2] - level[inverse]) <= tolerance_m
+
+
+def render_topdown(px: np.ndarray, values: np.ndarray, shape: tuple[int, int], splat_px: int = 1
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Splat (N,) values at (N, 2) pixel positions (col, row; GDAL corner convention) into an
+    (H, W) float32 image: each point covers (2 splat_px + 1)^2 pixels, overlaps average.
+    Returns (image, mask (H, W) bool of covered pixels)."""
+    H, W = shape
+    c = np.floor(px[:, 0]).astype(np.int64)
+    r = np.floor(px[:, 1]).astype(np.int64)
+    acc = np.zeros(H * W, np.float64)
+    cnt = np.zeros(H * W, np.float64)
+    v = np.asarray(values, np.float64)
+    for dr in range(-splat_px, splat_px + 1):
+        for dc in range(-splat_px, splat_px + 1):
+            rr, cc = r + dr, c + dc
+            ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+            idx = rr[ok] * W + cc[ok]
+            np.add.at(acc, idx, v[ok])
+            np.add.at(cnt, idx, 1.0)
+    mask = cnt > 0
+    img = np.where(mask, acc / np.maximum(cnt, 1), 0.0).astype(np.float32)
+    return img.reshape(H, W), mask.reshape(H, W)
+
+
+@dataclass(frozen=True)
+class PatchMatches:
+    """Patch correspondences: src (M, 2) patch centres in the rendering, dst (M, 2) their matched
+    positions in the orthophoto (pixels, col / row), score (M,) NCC peak, margin (M,) peak minus
+    the best score more than 3 px away."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    score: np.ndarray
+    margin: np.ndarray
+    n_patches: int
+
+
+def match_patches(render: np.ndarray, rmask: np.ndarray, ortho: np.ndarray, omask: np.ndarray, patch_px: int,
+                  search_px: int, min_fill: float, min_score: float, min_margin: float) -> PatchMatches:
+    """Masked NCC (TM_CCOEFF_NORMED) of every half-overlapping patch of the rendering that is at
+    least min_fill covered, within +-search_px of its own position in the orthophoto."""
+    H, W = render.shape
+    src, dst, score, margin = [], [], [], []
+    n = 0
+    step = max(1, patch_px // 2)
+    for r0 in range(0, H - patch_px + 1, step):
+        for c0 in range(0, W - patch_px + 1, step):
+            m = rmask[r0:r0 + patch_px, c0:c0 + patch_px]
+            if m.mean() < min_fill:
+                continue
+            n += 1
+            ra, rb = max(0, r0 - search_px), min(H, r0 + patch_px + search_px)
+            ca, cb = max(0, c0 - search_px), min(W, c0 + patch_px + search_px)
+            if omask[ra:rb, ca:cb].mean() < 0.5:
+                continue
+            tpl = render[r0:r0 + patch_px, c0:c0 + patch_px]
+            res = cv2.matchTemplate(ortho[ra:rb, ca:cb], tpl, cv2.TM_CCOEFF_NORMED, mask=m.astype(np.uint8))
+            res = np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
+            i, j = np.unravel_index(int(np.argmax(res)), res.shape)
+            best = float(res[i, j])
+            if best < min_score or i in (0, res.shape[0] - 1) or j in (0, res.shape[1] - 1):
+                continue  # weak, or on the window's edge (the true peak may lie outside)
+            far = res.copy()
+            far[max(0, i - 3):i + 4, max(0, j - 3):j + 4] = -1.0
+            second = float(far.max()) if far.size > 49 else -1.0
+            if best - second < min_margin:
+                continue
+            dx = _parabola(res[i, j - 1], best, res[i, j + 1])
+            dy = _parabola(res[i - 1, j], best, res[i + 1, j])
+            centre = np.array([c0 + patch_px / 2, r0 + patch_px / 2])
+            src.append(centre)
+            dst.append(np.array([ca + j + dx + patch_px / 2, ra + i + dy + patch_px / 2]))
+            score.append(best)
+            margin.append(best - second)
+    z = np.zeros((0, 2))
+    return PatchMatches(np.array(src) if src else z, np.array(dst) if dst else z, np.array(score), np.array(margin), n)
+
+
+def _parabola(a: float, b: float, c: float) -> float:
+    d = a - 2 * b + c
+    return float(np.clip(0.5 * (a - c) / d, -0.5, 0.5)) if d < 0 else 0.0
+
+
+# ---- fusion --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AerialConfig:
+    """Aerial registration settings (metres are CRS metres, pixels the orthophoto's)."""
+
+    #: search radius around the current georeference (the GPS prior): the largest plausible
+    #: horizontal error of that georeference; a larger correction is refused.
+    max_shift_m: float = 10.0
+    #: refuse a yaw correction beyond this (degrees), and a relative scale change beyond max_scale_change.
+    max_yaw_deg: float = 8.0
+    max_scale_change: float = 0.05
+    #: refine the scale (False: keep it, e.g. for metric SLAM maps).
+    refine_scale: bool = True
+    #: square patch side (pixels) and the minimum fraction of it covered by splatted points.
+    patch_px: int = 48
+    min_fill: float = 0.12
+    #: each point covers (2 splat_px + 1)^2 pixels of the rendering.
+    splat_px: int = 1
+    #: a patch match needs this NCC peak and this margin over any peak more than 3 px away.
+    min_score: float = 0.35
+    min_margin: float = 0.02
+    #: registration passes; after the first the search radius is refine_search_px.
+    iterations: int = 3
+    refine_search_px: int = 6
+    #: RANSAC inlier threshold (pixels) for the patch similarity.
+    ransac_threshold_px: float = 1.5
+    #: refusal: fewer inlier patches, a smaller inlier fraction, a larger RMS residual (pixels),
+    #: or inliers spanning less than min_spread_m (RMS distance from their centroid).
+    min_inliers: int = 8
+    min_inlier_ratio: float = 0.3
+    max_residual_px: float = 1.0
+    min_spread_m: float = 2.0
+    #: ground selection: points within ground_tolerance_m of the local ground (cells of ground_cell_m).
+    ground_cell_m: float = 2.0
+    ground_tolerance_m: float = 0.3
+    min_ground_points: int = 200
+    #: DSM: a ground point agrees when its height residual (DSM minus map) is within dsm_inlier_m of
+    #: the median (or of the RANSAC plane when the tilt is refined); at least min_dsm_points must
+    #: agree.  The tilt is refined when the points lie dsm_tilt_min_extent_m (RMS distance from
+    #: their centroid) apart, and a tilt beyond max_tilt_deg is refused.
+    dsm_inlier_m: float = 0.5
+    min_dsm_points: int = 50
+    dsm_tilt: bool = True
+    dsm_tilt_min_extent_m: float = 5.0
+    max_tilt_deg: float = 5.0
+    #: RANSAC seed (OpenCV's RNG), for reproducible results.
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AerialFusion:
+    """Outcome of an aerial registration.
+
+    applied: False when refused; reason says why (empty when applied).  georef: the refined
+    georeference (the input one when refused).  report: JSON-ready numbers (patches, inliers,
+    residual in pixels and metres, the correction, DSM statistics).
+    """
+
+    applied: bool
+    reason: str
+    georef: Georeference
+    report: dict = field(default_factory=dict)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    c = np.asarray(rgb, np.float32)
+    return c[:, 0] * 0.299 + c[:, 1] * 0.587 + c[:, 2] * 0.114
+
+
+def _spread(xy: np.ndarray) -> float:
+    """RMS distance (m) of (N, 2) points from their centroid."""
+    if len(xy) < 2:
+        return 0.0
+    return float(np.sqrt(np.mean(np.sum((xy - xy.mean(0)) ** 2, axis=1))))
+
+
+def register_to_ortho(points_map: np.ndarray, colours: np.ndarray, georef: Georeference, ortho: Raster,
+                      dsm: Raster | None = None, cfg: AerialConfig = AerialConfig()) -> AerialFusion:
+    """Refine ``georef`` by registering the map's (N, 3) points with (N, 3) RGB colours to the
+    orthophoto (projected CRS, metres), heights from the DSM when given.  Never raises for a
+    poor registration: returns ``applied=False`` with the reason and the numbers."""
+    xyz = np.asarray(points_map, np.float64).reshape(-1, 3)
+    crs = CRS.from_wkt(ortho.crs.to_wkt())
+    if not crs.is_projected:
+        raise VlocError("the orthophoto's CRS is not projected; reproject it (reproject_raster) to metres first")
+    gsd = ortho.gsd
+    report: dict = {"n_points": int(len(xyz)), "gsd_m": gsd, "crs": ortho.crs.to_string()}
+
+    def refuse(reason: str) -> AerialFusion:
+        return AerialFusion(False, reason, georef, report)
+
+    enu = georef.enu_from_map.transform(xyz)
+    ground = ground_mask(enu, cfg.ground_cell_m, cfg.ground_tolerance_m)
+    pts = xyz[ground]
+    grey = _luminance(np.asarray(colours)[ground])
+    report["n_ground_points"] = int(len(pts))
+    if len(pts) < cfg.min_ground_points:
+        return refuse(f"only {len(pts)} map points lie on the ground (need {cfg.min_ground_points}): "
+                      "the map sees too little of the surface the orthophoto shows")
+    target = ortho.grey()
+    target_mask = ortho.valid
+    ext = float(np.max(np.linalg.norm(enu[ground, :2] - enu[ground, :2].mean(0), axis=1)))
+    g = georef
+    n_iter = max(1, cfg.iterations)
+    for it in range(n_iter):
+        cur = map_to_crs(pts, g, crs)
+        px = np.stack(apply_affine(~ortho.transform, cur[:, :2]), 1)
+        inside = (px[:, 0] >= 0) & (px[:, 0] < ortho.shape[1]) & (px[:, 1] >= 0) & (px[:, 1] < ortho.shape[0])
+        if it == 0:
+            report["fraction_in_ortho"] = float(inside.mean())
+            if inside.mean() < 0.5:
+                return refuse(f"only {100 * inside.mean():.0f} % of the map's ground points fall inside the "
+                              "orthophoto at the current georeference")
+        render, rmask = render_topdown(px[inside], grey[inside], ortho.shape, cfg.splat_px)
+        search = (int(math.ceil((cfg.max_shift_m + ext * math.sin(math.radians(cfg.max_yaw_deg))) / gsd))
+                  if it == 0 else cfg.refine_search_px)
+        pm = match_patches(render, rmask, target, target_mask, cfg.patch_px, search, cfg.min_fill,
+                           cfg.min_score, cfg.min_margin)
+        step = {"pass": it + 1, "search_px": search, "n_patches": pm.n_patches, "n_matches": len(pm.src)}
+        report.setdefault("passes", []).append(step)
+        if len(pm.src) < cfg.min_inliers:
+            return refuse(f"pass {it + 1}: only {len(pm.src)} of {pm.n_patches} map patches match the orthophoto "
+                          f"(need {cfg.min_inliers}); is it the right place, and within {cfg.max_shift_m:g} m?")
+        src_crs = np.stack(apply_affine(ortho.transform, pm.src), 1)
+        dst_crs = np.stack(apply_affine(ortho.transform, pm.dst), 1)
+        pivot = src_crs.mean(0)
+        cv2.setRNGSeed(cfg.seed)
+        M, inl = cv2.estimateAffinePartial2D(src_crs - pivot, dst_crs - pivot, method=cv2.RANSAC,
+                                             ransacReprojThreshold=cfg.ransac_threshold_px * gsd,
+                                             maxIters=5000, confidence=0.999, refineIters=10)
+        inl = np.zeros(len(src_crs), bool) if M is None else inl.ravel().astype(bool)
+        n_in = int(inl.sum())
+        step.update(n_inliers=n_in, inlier_ratio=n_in / len(inl))
+        if n_in < cfg.min_inliers or n_in < cfg.min_inlier_ratio * len(inl):
+            return refuse(f"pass {it + 1}: {n_in} of {len(inl)} patch matches agree on one similarity "
+                          f"(need {cfg.min_inliers} and {100 * cfg.min_inlier_ratio:.0f} %): the orthophoto does "
+                          "not fit the map")
+        sim = Similarity2D.fit(src_crs[inl], dst_crs[inl])
+        res_m = np.linalg.norm(sim.apply(src_crs[inl]) - dst_crs[inl], axis=1)
+        spread = _spread(src_crs[inl])
+        rms = float(np.sqrt(np.mean(res_m ** 2)))
+        step.update(residual_px=rms / gsd, spread_m=spread,
+                    yaw_sigma_deg=math.degrees(rms / (spread * math.sqrt(max(n_in - 2, 1)))),
+                    shift_m=float(np.linalg.norm(sim.translation)), yaw_deg=math.degrees(sim.angle),
+                    scale=sim.scale)
+        if spread < cfg.min_spread_m:
+            return refuse(f"pass {it + 1}: the {n_in} agreeing patches lie within {spread:.1f} m (RMS) "
+                          f"(need {cfg.min_spread_m:g} m): yaw and scale are not constrained")
+        g = refine_georeference(g, pts, crs, sim, cfg.refine_scale)
+        if dsm is not None and it == max(n_iter - 2, 0):  # heights once the horizontal is close
+            g, dsm_report, why = _dsm_heights(g, pts, dsm, cfg)
+            report["dsm"] = dsm_report
+            if why:
+                return refuse(why)
+    last = report["passes"][-1]
+    report.update(n_inliers=last["n_inliers"], n_matches=last["n_matches"], residual_px=last["residual_px"],
+                  residual_m=last["residual_px"] * gsd, spread_m=last["spread_m"])
+    report["correction"] = _correction(georef, g, pts, crs)
+    corr = report["correction"]
+    if last["residual_px"] > cfg.max_residual_px:
+        return refuse(f"registration residual {last['residual_px']:.2f} px exceeds {cfg.max_residual_px:g} px")
+    if corr["shift_m"] > cfg.max_shift_m:
+        return refuse(f"the correction moves the map {corr['shift_m']:.1f} m, more than --max-shift "
+                      f"{cfg.max_shift_m:g} m")
+    if abs(corr["yaw_deg"]) > cfg.max_yaw_deg:
+        return refuse(f"the correction turns the map {corr['yaw_deg']:.1f} deg, more than {cfg.max_yaw_deg:g} deg")
+    if abs(corr["scale"] - 1) > cfg.max_scale_change:
+        return refuse(f"the correction scales the map by {corr['scale']:.3f}, beyond 1 +- {cfg.max_scale_change:g}")
+    return AerialFusion(True, "", g, report)
+
+
+def _correction(before: Georeference, after: Georeference, pts: np.ndarray, crs: CRS) -> dict:
+    """Horizontal shift (m, at the points' centroid), yaw (deg) and scale of after vs before."""
+    a = map_to_crs(pts, before, crs)
+    b = map_to_crs(pts, after, crs)
+    sim = Similarity2D.fit(a[:, :2], b[:, :2])
+    return {"shift_m": float(np.linalg.norm(sim.translation)), "east_m": float(sim.translation[0]),
+            "north_m": float(sim.translation[1]), "yaw_deg": math.degrees(sim.angle), "scale": sim.scale,
+            "up_m": float(np.mean(b[:, 2] - a[:, 2]))}
+
+
+def _robust_plane(en: np.ndarray, d: np.ndarray, threshold: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """RANSAC plane ``d ~ c0 + c1 e + c2 n`` over (N, 2) positions (3-point samples, inlier within
+    threshold), refined by least squares on its inliers.  Returns (coef (3,), inliers (N,))."""
+    rng = np.random.default_rng(seed)
+    A = np.c_[np.ones(len(d)), en]
+    best = np.abs(d - np.median(d)) <= threshold
+    for _ in range(300):
+        idx = rng.choice(len(d), 3, replace=False)
+        try:
+            c = np.linalg.solve(A[idx], d[idx])
+        except np.linalg.LinAlgError:
+            continue
+        inl = np.abs(A @ c - d) <= threshold
+        if inl.sum() > best.sum():
+            best = inl
+    for _ in range(3):
+        coef = np.linalg.lstsq(A[best], d[best], rcond=None)[0]
+        best = np.abs(A @ coef - d) <= threshold
+    return coef, best
+
+
+def _dsm_heights(g: Georeference, pts: np.ndarray, dsm: Raster, cfg: AerialConfig
+                 ) -> tuple[Georeference, dict, str]:
+    """Vertical offset (and tilt) of the georeference from the DSM at the ground points.
+    Returns (georef, report, refusal reason or '')."""
+    dcrs = CRS.from_wkt(dsm.crs.to_wkt())
+    p = map_to_crs(pts, g, dcrs)
+    h, ok = sample_raster(dsm, p[:, :2])
+    rep: dict = {"n_sampled": int(ok.sum())}
+    if ok.sum() < cfg.min_dsm_points:
+        return g, rep, (f"only {int(ok.sum())} ground points fall on valid DSM pixels "
+                        f"(need {cfg.min_dsm_points})")
+    d = h[ok] - p[ok, 2]
+    enu = g.enu_from_map.transform(pts[ok])
+    pivot = enu.mean(0)
+    inl = np.abs(d - np.median(d)) <= cfg.dsm_inlier_m
+    offset, slope = float(np.median(d[inl])), (0.0, 0.0)
+    if cfg.dsm_tilt and _spread(enu[:, :2]) >= cfg.dsm_tilt_min_extent_m:
+        coef, inl = _robust_plane(enu[:, :2] - pivot[:2], d, cfg.dsm_inlier_m, cfg.seed)
+        offset, slope = float(coef[0]), (float(coef[1]), float(coef[2]))
+    tilt = math.degrees(math.atan(math.hypot(*slope)))
+    fit = offset + (enu[:, :2] - pivot[:2]) @ np.array(slope)
+    rep.update(n_inliers=int(inl.sum()), offset_m=offset, slope_en=list(slope), tilt_deg=tilt,
+               residual_m=float(np.sqrt(np.mean((d[inl] - fit[inl]) ** 2))))
+    if inl.sum() < cfg.min_dsm_points:
+        return g, rep, f"only {int(inl.sum())} ground points agree with the DSM heights (need {cfg.min_dsm_points})"
+    if tilt > cfg.max_tilt_deg:
+        return g, rep, f"the DSM implies a tilt of {tilt:.1f} deg, more than {cfg.max_tilt_deg:g} deg"
+    return apply_vertical(g, pivot, offset, slope), rep, ""
+
+
+# ---- bundles -------------------------------------------------------------------------------------
+
+def load_map_points(bundle: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) map-frame points and (N, 3) uint8 RGB colours of a bundle's model."""
+    import pycolmap
+
+    model = Path(bundle) / "model"
+    if not model.is_dir():
+        raise VlocError(f"{bundle} has no model/ directory: not a map bundle")
+    rec = pycolmap.Reconstruction(str(model))
+    pts = list(rec.points3D.values())
+    if not pts:
+        raise VlocError(f"{bundle}: the map has no 3D points")
+    return (np.array([p.xyz for p in pts], np.float64).reshape(-1, 3),
+            np.array([p.color for p in pts], np.uint8).reshape(-1, 3))
+
+
+def read_for_map(path: str | Path, points_map: np.ndarray, georef: Georeference, margin_m: float) -> Raster:
+    """Read the part of a raster around the map's points (+ margin_m), reprojected to the UTM zone
+    of the georeference when the raster's CRS is not projected."""
+    path = Path(path)
+    if not path.is_file():
+        raise VlocError(f"raster {path} does not exist")
+    try:
+        with rasterio.open(path) as ds:
+            rcrs = ds.crs
+    except RasterioIOError as e:
+        raise VlocError(f"cannot read {path} as a raster ({e})") from None
+    if rcrs is None:
+        raise VlocError(f"{path} has no CRS: georeference it first (e.g. gdal_edit.py -a_srs EPSG:...)")
+    crs = CRS.from_wkt(rcrs.to_wkt())
+    xy = map_to_crs(points_map, georef, crs)[:, :2]
+    if crs.is_projected:
+        m = margin_m
+    else:  # degrees: a generous box, then warp to metres
+        m = margin_m / 111_000.0 / max(math.cos(math.radians(georef.latitude)), 0.1)
+    lo, hi = xy.min(0) - m, xy.max(0) + m
+    r = read_raster(path, (lo[0], lo[1], hi[0], hi[1]))
+    if not crs.is_projected:
+        r = reproject_raster(r, utm_crs_for(georef.latitude, georef.longitude))
+    return r
+
+
+def fuse_bundle(bundle: str | Path, ortho_path: str | Path, dsm_path: str | Path | None = None,
+                cfg: AerialConfig = AerialConfig()) -> AerialFusion:
+    """Register a georeferenced bundle to an orthophoto (+ DSM).  VlocError when the bundle has
+    no georeference (aerial fusion refines a GPS georeference, it does not create one)."""
+    from mapping.bundle import read_manifest
+
+    manifest = read_manifest(Path(bundle))
+    try:
+        georef = Georeference.from_manifest(manifest)
+    except ValueError as e:
+        raise VlocError(f"{bundle}: {e}") from None
+    if georef is None:
+        raise VlocError(f"{bundle} has no georeference: georeference it from GPS first; aerial fusion "
+                        "refines an existing georeference")
+    xyz, rgb = load_map_points(bundle)
+    margin = cfg.max_shift_m + 20.0
+    ortho = read_for_map(ortho_path, xyz, georef, margin)
+    dsm = read_for_map(dsm_path, xyz, georef, margin) if dsm_path is not None else None
+    return register_to_ortho(xyz, rgb, georef, ortho, dsm, cfg)
