@@ -135,9 +135,16 @@ def info(bundle: Path = typer.Argument(..., help="bundle directory"),
                                   f"mean {s['reprojection_error_px']['mean']:.3f} px")
         t.add_row("size", f"{s['bytes_on_disk'] / 1e6:.2f} MB ({s['bytes_per_image'] / 1e3:.0f} kB/image)")
         if "georeference" in m:
-            t.add_row("georeference", json.dumps(m["georeference"])[:200])
+            from mapping.georef_cli import georeference_rows
+            for k, v in georeference_rows(m["georeference"]):
+                t.add_row(k, v)
         if verify:
             t.add_row("checksums", "all files intact" if not bad else f"CORRUPT: {bad}")
         Console().print(t)
     if bad:
         raise typer.Exit(1)
+
+
+import mapping.georef_cli  # noqa: E402,F401  (registers `vloc map georef`)
+import mapping.layers_cli  # noqa: E402,F401  (registers `vloc map layers`)
+import mapping.aerial_cli  # noqa: E402,F401  (registers `vloc map fuse-aerial`)

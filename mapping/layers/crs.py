@@ -1,0 +1,37 @@
+"""Map frame -> geodetic / projected coordinates for the layers, through :mod:`mapping.georef` (pyproj).
+
+The layers need metric horizontal axes, so only *projected* CRSs are accepted (UTM of the
+georeference's origin by default).
+"""
+from __future__ import annotations
+
+import numpy as np
+from pyproj import CRS
+
+from mapping import georef as _georef
+from vloc.geo import Georeference
+from vloc.types import VlocError
+
+
+def projected_crs(spec: str | None, georef: Georeference) -> CRS:
+    """``EPSG:N`` / WKT / PROJ text, or None for the UTM zone of the origin -> a projected CRS."""
+    crs = _georef.resolve_crs(spec, georef.latitude, georef.longitude)
+    if not crs.is_projected:
+        raise VlocError(f"--crs {spec!r} is not a projected CRS (layers need metric easting / northing)")
+    return crs
+
+
+def crs_name(crs: CRS) -> str:
+    """``EPSG:N`` when the CRS has an EPSG code, else its PROJ string."""
+    return _georef.crs_id(crs)
+
+
+def map_to_lonlat(points_map: np.ndarray, georef: Georeference) -> np.ndarray:
+    """(N, 3) map-frame points -> (N, 3) WGS84 longitude, latitude (deg), ellipsoidal height (m)."""
+    g = _georef.map_to_geodetic(points_map, georef)
+    return g[:, [1, 0, 2]]
+
+
+def map_to_crs(points_map: np.ndarray, georef: Georeference, crs: CRS) -> np.ndarray:
+    """(N, 3) map-frame points -> (N, 3) easting, northing (CRS units), ellipsoidal height (m)."""
+    return _georef.map_to_crs(points_map, georef, crs)

@@ -1,0 +1,69 @@
+"""`vloc map layers`: mesh, point clouds, orthophoto, floors, occupancy grids and footprint of a bundle."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mapping.cli import app
+from vloc.cli_util import user_errors
+from vloc.progress import Reporter
+from vloc.types import VlocError
+
+
+@app.command("layers")
+@user_errors
+def layers(
+    bundle: Path = typer.Argument(..., help="bundle directory (layers are added under BUNDLE/layers/)"),
+    depth_root: Optional[Path] = typer.Option(None, "--depth-root",
+                                              help="7-Scenes-style folder of frame-*.depth.png (uint16 mm) + "
+                                                   "frame-*.pose.txt (world_from_cam); omit: mesh from the "
+                                                   "sparse model"),
+    depth_camera: Optional[str] = typer.Option(None, "--depth-camera",
+                                               help='depth intrinsics "PINHOLE W H fx fy cx cy" '
+                                                    '(7-Scenes: "PINHOLE 640 480 585 585 320 240")'),
+    depth_stride: int = typer.Option(1, "--depth-stride", min=1, help="use every N-th depth frame"),
+    depth_colour: bool = typer.Option(False, "--depth-colour",
+                                      help="frame-*.color.png/jpg are registered to the depth pixels "
+                                           "(not true for 7-Scenes)"),
+    align_depth: bool = typer.Option(False, "--align-depth",
+                                     help="depth poses are in another frame: fit a similarity from the depth "
+                                          "camera centres to the map's images with the same frame names"),
+    voxel: float = typer.Option(0.02, "--voxel", min=0.002, help="TSDF voxel size, metres"),
+    resolution: float = typer.Option(0.05, "--grid-resolution", min=0.005, help="occupancy cell, metres"),
+    ortho_resolution: float = typer.Option(0.02, "--ortho-resolution", min=0.002, help="orthophoto pixel, metres"),
+    crs: Optional[str] = typer.Option(None, "--crs", help="projected CRS of a georeferenced map's LAS / "
+                                                          "GeoTIFF (default: the origin's UTM zone)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest's layers entry as JSON"),
+) -> None:
+    """Add HD layers to a bundle: mesh, PLY/LAS points, GeoTIFF orthophoto, ROS occupancy grids, GeoJSON."""
+    from mapping.bundle import read_manifest
+    from mapping.layers.build import LayersConfig, build_layers
+    from mapping.layers.depth import load_depth_folder
+    from vloc.camera import Camera
+
+    read_manifest(bundle)  # a clear error before any depth loading
+    frames = None
+    if depth_root is not None:
+        if depth_camera is None:
+            raise VlocError("--depth-root needs --depth-camera 'PINHOLE W H fx fy cx cy'")
+        frames = load_depth_folder(depth_root, Camera.parse(depth_camera), depth_stride, depth_colour)
+    elif depth_camera is not None or align_depth:
+        raise VlocError("--depth-camera / --align-depth need --depth-root")
+    cfg = LayersConfig(crs=crs)
+    cfg = replace(cfg, tsdf=replace(cfg.tsdf, voxel=voxel), ortho=replace(cfg.ortho, resolution=ortho_resolution),
+                  occupancy=replace(cfg.occupancy, resolution=resolution))
+    reporter = Reporter(enabled=not quiet)
+    info = build_layers(bundle, cfg, frames, reporter, align_depth=align_depth)
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        s = info["statistics"]
+        reporter.enabled = True
+        reporter.log(f"[green]layers written[/green] {bundle}/layers: mesh {s['n_mesh_vertices']} vertices, "
+                     f"{s['n_points']} points, {len(info['floors'])} floor(s), "
+                     f"{sum(s['bytes'].values()) / 1e6:.2f} MB in {len(s['bytes'])} files")
