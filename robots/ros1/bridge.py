@@ -1,0 +1,329 @@
+"""ROS 1 live bridge (rospy): camera frames in, poses and ``map -> odom`` out.
+
+The ROS 1 twin of :mod:`robots.ros2.bridge`, with the same configuration file
+(:class:`robots.config.BridgeConfig`; its ``dds`` section is ignored), the same pacing
+(newest-frame-wins hand-off to one worker, ``max_rate_hz``, ``max_age_s`` against ROS time) and
+the same counters. Subscribes to ``sensor_msgs/Image`` or ``CompressedImage`` (``compressed``),
+``sensor_msgs/CameraInfo`` and ``tf2_msgs/TFMessage`` (``odom -> base_link``); publishes, for
+accepted frames, ``geometry_msgs/PoseWithCovarianceStamped`` (base_link in map, the image's stamp)
+and ``map -> odom`` on ``/tf`` (REP-105) when odometry is known at that stamp.
+
+rospy comes from the Debian packages (``ros-core python3-rospy python3-sensor-msgs
+python3-geometry-msgs python3-tf2-msgs``) in ``/usr/lib/python3/dist-packages``; that path is
+appended to ``sys.path`` here only, when rospy is not importable otherwise. The master is
+``ROS_MASTER_URI`` (and ``ROS_IP`` / ``ROS_HOSTNAME``) as for any ROS 1 node.
+
+Run: ``vloc robots ros1 --config FILE`` or ``python -m robots.ros1.bridge --config FILE``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from robots.backend import Backend, make_backend
+from robots.config import BridgeConfig, load_bridge_config
+from robots.images import ImageError
+from robots.replay import camera_from_info_msg
+from robots.ros2.bridge import (UNKNOWN_COVARIANCE, Counters, LatestSlot, PendingFrame, RateGate, _Throttled,
+                                check_frame, decode_frame)
+from robots.transforms import (OdomBuffer, map_from_base_from_camera, map_from_odom, rigid_from_ros, rigid_to_ros,
+                               ros_pose_covariance)
+from vloc.camera import Camera
+from vloc.geometry import Rigid3
+from vloc.types import VlocError
+
+log = logging.getLogger("vloc.robots.ros1")
+
+#: where Debian's ROS 1 packages put rospy and the message modules.
+DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+INSTALL_HINT = ("apt-get install ros-core python3-rospy python3-sensor-msgs python3-geometry-msgs "
+                "python3-tf2-msgs")
+
+
+def import_rospy():
+    """(rospy, sensor_msgs.msg, geometry_msgs.msg, tf2_msgs.msg); VlocError with the install hint when absent."""
+    try:
+        import rospy  # noqa: F401
+    except ImportError:
+        if DEBIAN_DIST_PACKAGES not in sys.path:
+            sys.path.append(DEBIAN_DIST_PACKAGES)
+    try:
+        import geometry_msgs.msg
+        import rospy
+        import sensor_msgs.msg
+        import tf2_msgs.msg
+    except ImportError as e:
+        raise VlocError(f"ROS 1 (rospy) is not available ({e}); install it with: {INSTALL_HINT}") from None
+    return rospy, sensor_msgs.msg, geometry_msgs.msg, tf2_msgs.msg
+
+
+def _frame(name: str) -> str:
+    return name.lstrip("/")
+
+
+class Ros1Bridge:
+    """The live bridge on ROS 1: ``start()`` (initialises the node), then ``stop()`` (or ``run(stop_event)``)."""
+
+    def __init__(self, cfg: BridgeConfig, backend: Backend, node_name: str = "vloc_bridge") -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.node_name = node_name
+        self.counters = Counters()
+        self.base_from_camera = cfg.base_from_camera.base_from_optical()
+        self.odom = OdomBuffer(max_age_s=cfg.odom_max_age_s)
+        self._camera: Camera | None = None
+        self._camera_key: tuple | None = None
+        self._warned_no_info = False
+        self._gate = RateGate(cfg.max_rate_hz)
+        self._slot = LatestSlot()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._throttle = _Throttled()
+        self._ros: dict = {}
+
+    # lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "Ros1Bridge":
+        rospy, sensor_msgs, geometry_msgs, tf2_msgs = import_rospy()
+        c, r = self.cfg, self._ros
+        r.update(rospy=rospy, geometry_msgs=geometry_msgs, tf2_msgs=tf2_msgs)
+        # signals stay with the caller (run_from_config): rospy's handlers would end the process abruptly
+        # rospy.init_node replaces the root logger's handlers with a file in ROS_LOG_DIR: keep ours too
+        root = logging.getLogger()
+        handlers = list(root.handlers)
+        rospy.init_node(self.node_name, anonymous=False, disable_signals=True)
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+        r["pose_out"] = rospy.Publisher(c.pose_topic, geometry_msgs.PoseWithCovarianceStamped, queue_size=10)
+        r["tf_out"] = rospy.Publisher(c.tf_topic, tf2_msgs.TFMessage, queue_size=100) if c.publish_tf else None
+        image_type = sensor_msgs.CompressedImage if c.compressed else sensor_msgs.Image
+        r["subs"] = [
+            rospy.Subscriber(c.camera_info_topic, sensor_msgs.CameraInfo, self._guard(self._on_camera_info), queue_size=5),
+            rospy.Subscriber(c.tf_topic, tf2_msgs.TFMessage, self._guard(self._on_tf), queue_size=200),
+            rospy.Subscriber(c.image_topic, image_type, self._guard(self._on_image), queue_size=2,
+                             buff_size=1 << 25),
+        ]
+        self._worker = threading.Thread(target=self._work_loop, name="vloc-ros1-worker", daemon=True)
+        self._worker.start()
+        log.info("ROS 1 bridge %s: %s %s + %s -> %s%s (%s)", rospy.get_name(),
+                 "CompressedImage" if c.compressed else "Image", c.image_topic, c.camera_info_topic, c.pose_topic,
+                 f" + {c.tf_topic} {c.frames.map}->{c.frames.odom}" if c.publish_tf else "", self.backend.name)
+        return self
+
+    def stop(self) -> dict[str, int]:
+        """Stop the worker, unregister, shut the node down; log and return the counters."""
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(30)
+        r = self._ros
+        for s in r.get("subs", []):
+            s.unregister()
+        if "rospy" in r:
+            r["rospy"].signal_shutdown("vloc bridge stopped")
+        snap = self.counters.snapshot()
+        log.info("counters %s", json.dumps(snap))
+        return snap
+
+    def run(self, stop_event: threading.Event) -> dict[str, int]:
+        """start(), log counters every ``stats_interval_s`` until ``stop_event`` or ROS shutdown, then stop()."""
+        self.start()
+        rospy = self._ros["rospy"]
+        try:
+            every = self.cfg.stats_interval_s
+            last = time.monotonic()
+            while not stop_event.wait(0.2) and not rospy.is_shutdown():
+                if every > 0 and time.monotonic() - last >= every:
+                    last = time.monotonic()
+                    log.info("counters %s", json.dumps(self.counters.snapshot()))
+        finally:
+            snap = self.stop()
+        return snap
+
+    # callbacks (rospy threads) ---------------------------------------------------------------
+    def _guard(self, handler):
+        def wrapped(msg) -> None:
+            try:
+                handler(msg)
+            except Exception:  # a callback error must not end the bridge
+                self.counters.inc("errors")
+                log.exception("error handling a message")
+        return wrapped
+
+    def _on_camera_info(self, m) -> None:
+        key = (m.width, m.height, m.distortion_model, tuple(m.D), tuple(m.K), m.binning_x, m.binning_y,
+               m.roi.x_offset, m.roi.y_offset, m.roi.width, m.roi.height)
+        if key == self._camera_key:
+            return
+        try:
+            cam = camera_from_info_msg(m)
+        except ImageError as e:
+            self.counters.inc("malformed")
+            self._throttle.warning(f"info:{e}", "unusable CameraInfo on %s: %s", self.cfg.camera_info_topic, e)
+            return
+        first = self._camera is None
+        self._camera, self._camera_key = cam, key
+        log.info("%s camera from CameraInfo: %s", "using" if first else "camera changed, now", cam)
+
+    def _on_tf(self, m) -> None:
+        f = self.cfg.frames
+        for t in m.transforms:
+            if _frame(t.header.frame_id) != f.odom or _frame(t.child_frame_id) != f.base_link:
+                continue
+            tr, q = t.transform.translation, t.transform.rotation
+            try:
+                self.odom.add(t.header.stamp.to_sec(), rigid_from_ros([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w]))
+            except ValueError as e:
+                self.counters.inc("malformed")
+                self._throttle.warning("tf", "skipped a malformed %s->%s transform: %s", f.odom, f.base_link, e)
+
+    def _on_image(self, m) -> None:
+        c = self.counters
+        c.inc("received")
+        camera = self._camera
+        st = m.header.stamp
+        try:
+            check_frame(m, self.cfg.compressed, camera)
+        except ImageError as e:
+            n = c.inc("malformed")
+            log.warning("skipped image #%d on %s (stamp %d.%09d): %s", n, self.cfg.image_topic, st.secs, st.nsecs, e)
+            return
+        if camera is None:
+            c.inc("no_camera_info")
+            if not self._warned_no_info:
+                self._warned_no_info = True
+                log.warning("frames arrive on %s but no CameraInfo has arrived on %s: frames are dropped "
+                            "until it does", self.cfg.image_topic, self.cfg.camera_info_topic)
+            return
+        if not self._gate.allow(time.monotonic()):
+            c.inc("dropped_rate")
+            return
+        if self._slot.put(PendingFrame(m, st.to_sec(), (st.secs, st.nsecs), camera)) is not None:
+            c.inc("dropped_stale")  # superseded while the worker was busy
+
+    # worker ----------------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self._slot.take(0.5)
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except Exception:
+                self.counters.inc("errors")
+                log.exception("error processing the frame of stamp %.6f", frame.stamp)
+
+    def _process(self, frame: PendingFrame) -> None:
+        c, cfg, r = self.counters, self.cfg, self._ros
+        rospy = r["rospy"]
+        if cfg.max_age_s > 0:
+            age = rospy.get_time() - frame.stamp
+            if age > cfg.max_age_s:
+                c.inc("dropped_stale")
+                self._throttle.warning("stale", "dropping a frame %.2f s old (max_age_s %.2f; clocks in sync?)",
+                                       age, cfg.max_age_s)
+                return
+        try:
+            rgb = decode_frame(frame.msg, cfg.compressed)
+            if rgb.shape[:2] != (frame.camera.height, frame.camera.width):
+                raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says "
+                                 f"{frame.camera.width}x{frame.camera.height}")
+        except ImageError as e:
+            n = c.inc("malformed")
+            log.warning("skipped image #%d (stamp %.6f): %s", n, frame.stamp, e)
+            return
+        try:
+            res = self.backend.localize(rgb, frame.camera, timestamp=frame.stamp)
+        except VlocError as e:
+            c.inc("errors")
+            self._throttle.warning(f"backend:{e}", "localization failed: %s", e)
+            return
+        if not res.accepted or res.cam_from_world is None:
+            c.inc("rejected")
+            log.info("frame %.6f not localized: %s", frame.stamp, res.reason)
+            return
+        map_from_base = map_from_base_from_camera(res.world_from_cam, self.base_from_camera)
+        cov = (UNKNOWN_COVARIANCE if res.covariance is None or not np.all(np.isfinite(res.covariance))
+               else ros_pose_covariance(res.cam_from_world, res.covariance, self.base_from_camera))
+        f = cfg.frames
+        stamp = rospy.Time(*frame.ros_stamp)
+        r["pose_out"].publish(self._pose_msg(stamp, f.map, map_from_base, cov))
+        c.inc("localized")
+        if not cfg.publish_tf:
+            return
+        odom = self.odom.lookup(frame.stamp)
+        if odom is None:
+            c.inc("missing_odom")
+            self._throttle.warning("odom", "no %s->%s on %s near stamp %.3f (latest %s): publishing the pose only",
+                                   f.odom, f.base_link, cfg.tf_topic, frame.stamp, self.odom.latest_stamp)
+            return
+        tf = self._transform_msg(stamp, f.map, f.odom, map_from_odom(map_from_base, odom.odom_from_base))
+        r["tf_out"].publish(r["tf2_msgs"].TFMessage(transforms=[tf]))
+        c.inc("tf_published")
+
+    # message construction --------------------------------------------------------------------
+    def _pose_msg(self, stamp, frame_id: str, map_from_base: Rigid3, covariance: np.ndarray):
+        g = self._ros["geometry_msgs"]
+        p, q = rigid_to_ros(map_from_base)
+        msg = g.PoseWithCovarianceStamped()
+        msg.header.stamp, msg.header.frame_id = stamp, frame_id
+        msg.pose.pose.position = g.Point(*map(float, p))
+        msg.pose.pose.orientation = g.Quaternion(*map(float, q))
+        msg.pose.covariance = [float(v) for v in np.asarray(covariance, dtype=np.float64).reshape(36)]
+        return msg
+
+    def _transform_msg(self, stamp, parent: str, child: str, parent_from_child: Rigid3):
+        g = self._ros["geometry_msgs"]
+        p, q = rigid_to_ros(parent_from_child)
+        t = g.TransformStamped()
+        t.header.stamp, t.header.frame_id, t.child_frame_id = stamp, parent, child
+        t.transform.translation = g.Vector3(*map(float, p))
+        t.transform.rotation = g.Quaternion(*map(float, q))
+        return t
+
+
+# --- entry points ----------------------------------------------------------------------------
+def run_from_config(config_path: str | Path, log_level: str = "info", node_name: str = "vloc_bridge"
+                    ) -> dict[str, int]:
+    """Load the config, build the backend, run the bridge until SIGINT / SIGTERM or ROS shutdown;
+    returns the counters. Configuration problems raise VlocError (the CLI prints them, exit 2)."""
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import_rospy()  # fail early, before loading a map
+    cfg = load_bridge_config(config_path)
+    backend = make_backend(cfg.backend)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        return Ros1Bridge(cfg, backend, node_name).run(stop)
+    finally:
+        backend.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m robots.ros1.bridge --config FILE [--log-level info] [--node-name vloc_bridge]``."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m robots.ros1.bridge", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--node-name", default="vloc_bridge")
+    a = ap.parse_args(argv)
+    try:
+        run_from_config(a.config, a.log_level, a.node_name)
+    except (VlocError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

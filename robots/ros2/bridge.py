@@ -1,0 +1,494 @@
+"""ROS 2 live bridge over DDS (Cyclone): camera frames in, poses and ``map -> odom`` out.
+
+Subscribes (ROS 2 wire types, ``rt/`` topics, sensor-data QoS) to ``sensor_msgs/Image`` or
+``CompressedImage`` plus ``CameraInfo``, and to ``/tf`` for the robot's ``odom -> base_link``;
+localizes frames with a :mod:`robots.backend` (a bundle in this process, or the service);
+publishes, for accepted poses only, ``geometry_msgs/PoseWithCovarianceStamped`` (base_link in
+map, stamp = the image's) and, when odometry is known at that stamp, ``tf2_msgs/TFMessage``
+``map -> odom`` (REP-105: ``map_from_odom = map_from_base * base_from_odom``).
+
+Threads: one DDS thread waits on a WaitSet and takes samples (cheap checks only, never
+blocks on localization); one worker localizes the newest pending frame (newest-frame-wins: a
+frame still pending when a newer one arrives is dropped). Malformed messages and wrong
+encodings are logged and counted, never fatal.
+
+Counters (logged every ``stats_interval_s`` and at exit as ``counters {json}``):
+``received`` frames, ``localized`` (pose published), ``rejected`` (not accepted by vloc),
+``dropped_stale`` (older than ``max_age_s`` or superseded while pending), ``dropped_rate``
+(above ``max_rate_hz``), ``malformed`` (undecodable image / camera info / TF), ``no_camera_info``
+(frames before any CameraInfo), ``errors`` (backend failures), ``tf_published``, ``missing_odom``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robots.backend import Backend, make_backend
+from robots.config import BridgeConfig, load_bridge_config
+from robots.images import (ImageError, camera_from_camera_info, check_compressed_fields, check_image_fields,
+                           decode_compressed, decode_image)
+from robots.ros2 import msgs
+from robots.transforms import (OdomBuffer, map_from_base_from_camera, map_from_odom, rigid_from_ros, rigid_to_ros,
+                               ros_pose_covariance, seconds_to_stamp, stamp_to_seconds)
+from vloc.camera import Camera
+from vloc.geometry import Rigid3
+from vloc.types import VlocError
+
+log = logging.getLogger("vloc.robots.ros2")
+
+COUNTERS = ("received", "localized", "rejected", "dropped_stale", "dropped_rate", "malformed", "no_camera_info",
+            "errors", "tf_published", "missing_odom")
+
+#: covariance published when the backend gave none: uninformative (1e6 on the diagonal).
+UNKNOWN_COVARIANCE = np.eye(6) * 1e6
+
+
+class Counters:
+    """Thread-safe event counters (:data:`COUNTERS`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._c = dict.fromkeys(COUNTERS, 0)
+
+    def inc(self, name: str, n: int = 1) -> int:
+        with self._lock:
+            self._c[name] += n
+            return self._c[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._c)
+
+
+class LatestSlot:
+    """A one-element hand-off: ``put`` replaces the pending item (returned, so it can be counted as
+    dropped), ``take`` waits for one. Newest-frame-wins between the DDS thread and the worker."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item = None
+        self._closed = False
+
+    def put(self, item):
+        with self._cond:
+            prev, self._item = self._item, item
+            self._cond.notify()
+            return prev
+
+    def take(self, timeout: float):
+        """The pending item (cleared), or None after ``timeout`` seconds or when closed."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class RateGate:
+    """Lets at most ``max_rate_hz`` events per second through (0: all), on a monotonic clock."""
+
+    def __init__(self, max_rate_hz: float) -> None:
+        self.period = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._last is not None and now - self._last < self.period:
+            return False
+        self._last = now
+        return True
+
+
+@dataclass(frozen=True)
+class PendingFrame:
+    """A frame handed to the worker: the message (Image or CompressedImage), its stamp (seconds;
+    ``ros_stamp`` the exact (sec, nanosec) echoed in the outputs) and its camera."""
+
+    msg: object
+    stamp: float
+    ros_stamp: tuple[int, int]
+    camera: Camera
+
+
+# --- message construction / parsing (pure) ----------------------------------------------------
+Stamp = tuple[int, int] | float
+
+
+def header(stamp: Stamp, frame_id: str) -> msgs.Header:
+    """std_msgs/Header; stamp: (sec, nanosec), kept exactly, or float seconds."""
+    sec, nanosec = stamp if isinstance(stamp, tuple) else seconds_to_stamp(stamp)
+    return msgs.Header(stamp=msgs.Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def pose_message(stamp: Stamp, map_frame: str, map_from_base: Rigid3, covariance: np.ndarray
+                 ) -> msgs.PoseWithCovarianceStamped:
+    """PoseWithCovarianceStamped of base_link in ``map_frame``; covariance (6, 6) in ROS order
+    (x, y, z, rot_x, rot_y, rot_z), written row-major."""
+    p, q = rigid_to_ros(map_from_base)
+    pose = msgs.Pose(position=msgs.Point(*map(float, p)), orientation=msgs.Quaternion(*map(float, q)))
+    cov = [float(v) for v in np.asarray(covariance, dtype=np.float64).reshape(36)]
+    return msgs.PoseWithCovarianceStamped(header=header(stamp, map_frame),
+                                          pose=msgs.PoseWithCovariance(pose=pose, covariance=cov))
+
+
+def transform_stamped(stamp: Stamp, parent: str, child: str, parent_from_child: Rigid3) -> msgs.TransformStamped:
+    """TransformStamped ``parent -> child`` carrying ``parent_from_child``."""
+    p, q = rigid_to_ros(parent_from_child)
+    return msgs.TransformStamped(header=header(stamp, parent), child_frame_id=child,
+                                 transform=msgs.Transform(translation=msgs.Vector3(*map(float, p)),
+                                                          rotation=msgs.Quaternion(*map(float, q))))
+
+
+def rigid_from_transform(t: msgs.Transform) -> Rigid3:
+    """geometry_msgs/Transform -> ``parent_from_child``."""
+    r = t.rotation
+    return rigid_from_ros([t.translation.x, t.translation.y, t.translation.z], [r.x, r.y, r.z, r.w])
+
+
+def rigid_from_pose(p: msgs.Pose) -> Rigid3:
+    """geometry_msgs/Pose -> ``parent_from_child``."""
+    o = p.orientation
+    return rigid_from_ros([p.position.x, p.position.y, p.position.z], [o.x, o.y, o.z, o.w])
+
+
+def _frame(name: str) -> str:
+    return name.lstrip("/")
+
+
+def camera_from_msg(m: msgs.CameraInfo) -> Camera:
+    """sensor_msgs/CameraInfo -> Camera (ImageError when unusable)."""
+    roi = (m.roi.x_offset, m.roi.y_offset, m.roi.width, m.roi.height)
+    return camera_from_camera_info(m.k, m.d, m.width, m.height, m.distortion_model, m.binning_x, m.binning_y, roi)
+
+
+def check_frame(msg, compressed: bool, camera: Camera | None) -> None:
+    """Cheap checks of an image message before it is queued (ImageError)."""
+    if compressed:
+        check_compressed_fields(msg.format, len(msg.data))
+        return
+    check_image_fields(msg.encoding, int(msg.height), int(msg.width), int(msg.step), len(msg.data))
+    if camera is not None and (msg.width, msg.height) != (camera.width, camera.height):
+        raise ImageError(f"image is {msg.width}x{msg.height} but CameraInfo says {camera.width}x{camera.height}")
+
+
+def decode_frame(msg, compressed: bool) -> np.ndarray:
+    """Image / CompressedImage message -> (H, W, 3) uint8 RGB (ImageError)."""
+    if compressed:
+        return decode_compressed(msg.format, msg.data)
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
+
+
+class Throttled:
+    """Logs a warning the first time and then at most every ``every_s`` seconds per key."""
+
+    def __init__(self, every_s: float = 10.0, logger: logging.Logger | None = None) -> None:
+        self.every_s = every_s
+        self.logger = logger or log
+        self._last: dict[str, float] = {}
+
+    def warning(self, key: str, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) >= self.every_s:
+            self._last[key] = now
+            self.logger.warning(msg, *args)
+
+
+_Throttled = Throttled   # the former name (robots/ros1 imports it)
+
+
+# --- the bridge ------------------------------------------------------------------------------
+class Ros2Bridge:
+    """The live bridge: ``start()``, then ``stop()`` (or ``run(stop_event)``). ``counters`` while running."""
+
+    def __init__(self, cfg: BridgeConfig, backend: Backend) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.counters = Counters()
+        self.base_from_camera = cfg.base_from_camera.base_from_optical()
+        self.odom = OdomBuffer(max_age_s=cfg.odom_max_age_s)
+        self._camera: Camera | None = None
+        self._camera_key: tuple | None = None
+        self._warned_no_info = False
+        self._gate = RateGate(cfg.max_rate_hz)
+        self._slot = LatestSlot()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._throttle = Throttled()
+        self._dds: dict = {}
+
+    # lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "Ros2Bridge":
+        """Create the DDS entities and start the threads (VlocError when DDS cannot start)."""
+        from cyclonedds.core import DDSException
+        try:
+            self._create_entities()
+        except DDSException as e:
+            self._dds.clear()
+            raise VlocError(f"cannot start DDS on domain {self.cfg.dds.domain_id} (check dds.interface / "
+                            f"dds.cyclonedds_xml): {e}") from None
+        self._threads = [threading.Thread(target=self._receive_loop, name="vloc-ros2-dds", daemon=True),
+                         threading.Thread(target=self._work_loop, name="vloc-ros2-worker", daemon=True)]
+        for t in self._threads:
+            t.start()
+        c = self.cfg
+        log.info("ROS 2 bridge on DDS domain %d: %s %s + %s -> %s%s (%s)", c.dds.domain_id,
+                 "CompressedImage" if c.compressed else "Image", c.image_topic, c.camera_info_topic, c.pose_topic,
+                 f" + {c.tf_topic} {c.frames.map}->{c.frames.odom}" if c.publish_tf else "", self.backend.name)
+        return self
+
+    def _create_entities(self) -> None:
+        from cyclonedds.core import GuardCondition, ReadCondition, SampleState, ViewState, InstanceState, WaitSet
+        from cyclonedds.domain import Domain, DomainParticipant
+        from cyclonedds.pub import DataWriter
+        from cyclonedds.sub import DataReader
+        from cyclonedds.topic import Topic
+
+        c, d = self.cfg, self._dds
+        xml = c.dds.xml()
+        if xml is not None:
+            d["domain"] = Domain(c.dds.domain_id, config=xml)
+        dp = d["participant"] = DomainParticipant(c.dds.domain_id)
+        image_type = msgs.CompressedImage if c.compressed else msgs.Image
+        d["image"] = DataReader(dp, Topic(dp, msgs.dds_topic(c.image_topic), image_type), qos=msgs.QOS_SENSOR_DATA)
+        d["info"] = DataReader(dp, Topic(dp, msgs.dds_topic(c.camera_info_topic), msgs.CameraInfo),
+                               qos=msgs.QOS_SENSOR_DATA)
+        tf_topic = Topic(dp, msgs.dds_topic(c.tf_topic), msgs.TFMessage)
+        d["tf"] = DataReader(dp, tf_topic, qos=msgs.QOS_TF)
+        d["pose_out"] = DataWriter(dp, Topic(dp, msgs.dds_topic(c.pose_topic), msgs.PoseWithCovarianceStamped),
+                                   qos=msgs.QOS_DEFAULT)
+        d["tf_out"] = DataWriter(dp, tf_topic, qos=msgs.QOS_TF) if c.publish_tf else None
+        ws = d["waitset"] = WaitSet(dp)
+        mask = SampleState.Any | ViewState.Any | InstanceState.Any
+        d["conditions"] = [ReadCondition(d[name], mask) for name in ("image", "info", "tf")]
+        for cond in d["conditions"]:
+            ws.attach(cond)
+        d["guard"] = GuardCondition(dp)
+        ws.attach(d["guard"])
+
+    def stop(self) -> dict[str, int]:
+        """Stop the threads, delete the DDS entities, log and return the counters."""
+        self._stop.set()
+        self._slot.close()
+        if "guard" in self._dds:
+            self._dds["guard"].set(True)
+        for t in self._threads:
+            t.join(30)
+        for key in reversed(list(self._dds)):   # entities first, the domain (its config) last
+            del self._dds[key]
+        snap = self.counters.snapshot()
+        log.info("counters %s", json.dumps(snap))
+        return snap
+
+    def run(self, stop_event: threading.Event) -> dict[str, int]:
+        """start(), log counters every ``stats_interval_s`` until ``stop_event``, then stop()."""
+        self.start()
+        try:
+            every = self.cfg.stats_interval_s
+            while not stop_event.wait(every if every > 0 else 3600):
+                if every > 0:
+                    log.info("counters %s", json.dumps(self.counters.snapshot()))
+        finally:
+            snap = self.stop()
+        return snap
+
+    # DDS thread ------------------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        from cyclonedds.util import duration
+        d = self._dds
+        from cyclonedds.internal import InvalidSample
+        c = self.cfg
+        readers = [(d["info"], c.camera_info_topic, self._on_camera_info), (d["tf"], c.tf_topic, self._on_tf),
+                   (d["image"], c.image_topic, self._on_image)]
+        ws = d["waitset"]
+        while not self._stop.is_set():
+            try:
+                ws.wait(duration(milliseconds=500))
+            except Exception:  # a waitset error must not end the bridge
+                log.exception("DDS wait failed")
+                time.sleep(0.1)
+            for reader, topic, handler in readers:
+                while not self._stop.is_set():
+                    try:
+                        samples = reader.take(N=1)
+                    except Exception as e:  # undecodable CDR: the sample is consumed, go on
+                        self.counters.inc("malformed")
+                        self._throttle.warning(f"cdr:{topic}", "skipped an undecodable message on %s: %s", topic, e)
+                        continue
+                    if not samples:
+                        break
+                    s = samples[0]
+                    if isinstance(s, InvalidSample):
+                        continue  # a writer disposed / unregistered: no data
+                    try:
+                        handler(s)
+                    except Exception:
+                        self.counters.inc("errors")
+                        log.exception("error handling a message")
+
+    def _on_camera_info(self, m: msgs.CameraInfo) -> None:
+        key = (m.width, m.height, m.distortion_model, tuple(m.d), tuple(m.k), m.binning_x, m.binning_y,
+               m.roi.x_offset, m.roi.y_offset, m.roi.width, m.roi.height)
+        if key == self._camera_key:
+            return
+        try:
+            cam = camera_from_msg(m)
+        except ImageError as e:
+            self.counters.inc("malformed")
+            self._throttle.warning(f"info:{e}", "unusable CameraInfo on %s: %s", self.cfg.camera_info_topic, e)
+            return
+        first = self._camera is None
+        self._camera, self._camera_key = cam, key
+        log.info("%s camera from CameraInfo: %s", "using" if first else "camera changed, now", cam)
+
+    def _on_tf(self, m: msgs.TFMessage) -> None:
+        f = self.cfg.frames
+        for t in m.transforms:
+            if _frame(t.header.frame_id) != f.odom or _frame(t.child_frame_id) != f.base_link:
+                continue
+            try:
+                self.odom.add(stamp_to_seconds(t.header.stamp.sec, t.header.stamp.nanosec),
+                              rigid_from_transform(t.transform))
+            except ValueError as e:
+                self.counters.inc("malformed")
+                self._throttle.warning("tf", "skipped a malformed %s->%s transform: %s", f.odom, f.base_link, e)
+
+    def _on_image(self, m) -> None:
+        c = self.counters
+        c.inc("received")
+        camera = self._camera
+        try:
+            check_frame(m, self.cfg.compressed, camera)
+        except ImageError as e:
+            n = c.inc("malformed")
+            log.warning("skipped image #%d on %s (stamp %d.%09d): %s", n, self.cfg.image_topic,
+                        m.header.stamp.sec, m.header.stamp.nanosec, e)
+            return
+        if camera is None:
+            c.inc("no_camera_info")
+            if not self._warned_no_info:
+                self._warned_no_info = True
+                log.warning("frames arrive on %s but no CameraInfo has arrived on %s: frames are dropped "
+                            "until it does (check the camera_info topic name and its QoS)",
+                            self.cfg.image_topic, self.cfg.camera_info_topic)
+            return
+        if not self._gate.allow(time.monotonic()):
+            c.inc("dropped_rate")
+            return
+        st = m.header.stamp
+        if self._slot.put(PendingFrame(m, stamp_to_seconds(st.sec, st.nanosec), (st.sec, st.nanosec), camera)) \
+                is not None:
+            c.inc("dropped_stale")  # superseded while the worker was busy
+
+    # worker ----------------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self._slot.take(0.5)
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except Exception:
+                self.counters.inc("errors")
+                log.exception("error processing the frame of stamp %.6f", frame.stamp)
+
+    def _process(self, frame: PendingFrame) -> None:
+        c, cfg = self.counters, self.cfg
+        if cfg.max_age_s > 0:
+            age = time.time() - frame.stamp
+            if age > cfg.max_age_s:
+                c.inc("dropped_stale")
+                self._throttle.warning("stale", "dropping a frame %.2f s old (max_age_s %.2f; clocks in sync? 0 disables the check)",
+                                       age, cfg.max_age_s)
+                return
+        try:
+            rgb = decode_frame(frame.msg, cfg.compressed)
+            if rgb.shape[:2] != (frame.camera.height, frame.camera.width):
+                raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says "
+                                 f"{frame.camera.width}x{frame.camera.height}")
+        except ImageError as e:
+            n = c.inc("malformed")
+            log.warning("skipped image #%d (stamp %.6f): %s", n, frame.stamp, e)
+            return
+        try:
+            res = self.backend.localize(rgb, frame.camera, timestamp=frame.stamp)
+        except VlocError as e:
+            c.inc("errors")
+            self._throttle.warning(f"backend:{e}", "localization failed: %s", e)
+            return
+        if not res.accepted or res.cam_from_world is None:
+            c.inc("rejected")
+            log.info("frame %.6f not localized: %s", frame.stamp, res.reason)
+            return
+        map_from_base = map_from_base_from_camera(res.world_from_cam, self.base_from_camera)
+        cov = (UNKNOWN_COVARIANCE if res.covariance is None or not np.all(np.isfinite(res.covariance))
+               else ros_pose_covariance(res.cam_from_world, res.covariance, self.base_from_camera))
+        f = cfg.frames
+        self._dds["pose_out"].write(pose_message(frame.ros_stamp, f.map, map_from_base, cov))
+        c.inc("localized")
+        log.debug("frame %.6f: base at %s in %s (%d inliers)", frame.stamp, np.round(map_from_base.translation, 3),
+                  f.map, res.num_inliers)
+        if not cfg.publish_tf:
+            return
+        odom = self.odom.lookup(frame.stamp)
+        if odom is None:
+            c.inc("missing_odom")
+            self._throttle.warning("odom", "no %s->%s on %s near stamp %.3f (latest %s): publishing the pose only, "
+                                   "no %s->%s", f.odom, f.base_link, cfg.tf_topic, frame.stamp,
+                                   self.odom.latest_stamp, f.map, f.odom)
+            return
+        map_from_odom_ = map_from_odom(map_from_base, odom.odom_from_base)
+        self._dds["tf_out"].write(msgs.TFMessage(transforms=[transform_stamped(frame.ros_stamp, f.map, f.odom,
+                                                                               map_from_odom_)]))
+        c.inc("tf_published")
+
+
+# --- entry points ----------------------------------------------------------------------------
+def run_from_config(config_path: str | Path, log_level: str = "info") -> dict[str, int]:
+    """Load the config, build the backend, run the bridge until SIGINT / SIGTERM; returns the counters.
+    Configuration problems raise VlocError (the CLI prints them and exits 2)."""
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_bridge_config(config_path)
+    backend = make_backend(cfg.backend)
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        return Ros2Bridge(cfg, backend).run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        backend.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m robots.ros2.bridge --config FILE [--log-level info]``."""
+    import argparse
+    import sys
+    ap = argparse.ArgumentParser(prog="python -m robots.ros2.bridge", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--log-level", default="info")
+    a = ap.parse_args(argv)
+    try:
+        run_from_config(a.config, a.log_level)
+    except (VlocError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
