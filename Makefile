@@ -8,12 +8,16 @@ PIP := $(BIN)/pip
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_DEPS := $(VENV)/.deps-stamp
 APT_PKGS := libusb-1.0-0 libgl1 libgomp1 libglib2.0-0
+# ROS 1 (Debian's ros-core + rospy) for the ROS 1 bridge and its roscore test; optional: when it
+# cannot be installed the bridge says so and its test skips with that reason.
+APT_ROS1 := ros-core python3-rospy python3-geometry-msgs python3-sensor-msgs python3-tf2-msgs
+STAMP_ROS1 := $(VENV)/.ros1-stamp
 PIP_FLAGS := --disable-pip-version-check -c constraints.txt
 TORCH_WHEEL_DIR ?= /opt/wheels
 
 .PHONY: install demo test bench clean-venv
 
-install: $(STAMP_DEPS)
+install: $(STAMP_DEPS) $(STAMP_ROS1)
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null || PY=python3; $${PY:-$(PY)} -m venv $(VENV) || python3 -m venv $(VENV)
@@ -26,6 +30,17 @@ $(STAMP_APT):
 	  echo "apt: installing$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+$(STAMP_ROS1):
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_ROS1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing ROS 1:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null ) \
+	    || echo "note: ROS 1 packages could not be installed; the ROS 1 bridge test will skip"; \
 	fi
 	@touch $@
 

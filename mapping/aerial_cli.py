@@ -47,6 +47,29 @@ def georeference_entry(result: AerialFusion, previous: dict, ortho: Path, dsm: P
     return _jsonable(result.georef.to_manifest(source="aerial", **kept, aerial=aerial, prior=prior))
 
 
+class RefusedRegistration(VlocError):
+    """The registration was not well supported; the bundle is unchanged (``result`` says why)."""
+
+    def __init__(self, result: AerialFusion) -> None:
+        super().__init__(f"aerial registration refused, bundle unchanged: {result.reason}")
+        self.result = result
+
+
+def fuse_and_store(bundle: Path, ortho: Path, dsm: Path | None, cfg: AerialConfig) -> tuple[AerialFusion, dict]:
+    """Register and, when applied, write the refined georeference into the bundle (atomically).
+    Returns (result, the new manifest entry); RefusedRegistration when refused."""
+    before = read_manifest(bundle).get("georeference")
+    result = fuse_bundle(bundle, ortho, dsm, cfg)
+    if not result.applied:
+        raise RefusedRegistration(result)
+    with update_bundle(bundle, "fuse-aerial") as (_, manifest):
+        previous = manifest.get("georeference")
+        if previous != before:
+            raise VlocError(f"{bundle}: its georeference changed while fusing; run fuse-aerial again")
+        manifest["georeference"] = entry = georeference_entry(result, previous, ortho, dsm)
+    return result, entry
+
+
 @app.command("fuse-aerial")
 @user_errors
 def fuse_aerial_cmd(
@@ -61,18 +84,13 @@ def fuse_aerial_cmd(
     """Register the map to an orthophoto and refine its georeference (east, north, yaw, scale; heights
     from the DSM). Refuses, leaving the bundle untouched, when the registration is not well supported."""
     cfg = AerialConfig(max_shift_m=max_shift, refine_scale=not keep_scale)
-    before = read_manifest(bundle).get("georeference")
-    result = fuse_bundle(bundle, ortho, dsm, cfg)
-    if not result.applied:
+    try:
+        result, entry = fuse_and_store(bundle, ortho, dsm, cfg)
+    except RefusedRegistration as e:
         if as_json:
-            print(json.dumps(_jsonable({"bundle": str(bundle), "applied": False, "reason": result.reason,
-                                        "report": result.report})))
-        raise VlocError(f"aerial registration refused, bundle unchanged: {result.reason}")
-    with update_bundle(bundle, "fuse-aerial") as (_, manifest):
-        previous = manifest.get("georeference")
-        if previous != before:
-            raise VlocError(f"{bundle}: its georeference changed while fusing; run fuse-aerial again")
-        manifest["georeference"] = entry = georeference_entry(result, previous, ortho, dsm)
+            print(json.dumps(_jsonable({"bundle": str(bundle), "applied": False, "reason": e.result.reason,
+                                        "report": e.result.report})))
+        raise
     r, c = result.report, result.report["correction"]
     if as_json:
         print(json.dumps({"bundle": str(bundle), "applied": True, "georeference": entry,

@@ -59,6 +59,8 @@ class GeorefSection(_Section):
     origin: Optional[tuple[float, float, float]] = None
     crs: Optional[str] = None
     max_error: Optional[float] = None
+    gravity: Literal["auto", "images", "none"] = "auto"
+    fix_scale: bool = False
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -72,7 +74,8 @@ class AerialSection(_Section):
 
     ortho: Path
     dsm: Optional[Path] = None
-    max_shift: Optional[float] = None
+    max_shift: float = 10.0
+    keep_scale: bool = False
 
 
 class LayersSection(_Section):
@@ -80,8 +83,12 @@ class LayersSection(_Section):
 
     depth_root: Optional[Path] = None
     depth_camera: Optional[str] = None
-    depth_stride: Optional[int] = None
-    voxel: Optional[float] = None
+    depth_stride: int = 1
+    depth_colour: bool = False
+    align_depth: bool = False
+    voxel: float = 0.02
+    grid_resolution: float = 0.05
+    ortho_resolution: float = 0.02
     crs: Optional[str] = None
 
 
@@ -198,13 +205,52 @@ def _run_build(cfg: BatchConfig, reporter: Reporter) -> None:
               reporter=reporter, work_dir=cfg.work / "build")
 
 
-#: (name, section attribute, key parts beyond the section and the previous key, runner)
+def _run_georef(cfg: BatchConfig, reporter: Reporter) -> None:
+    from mapping.georef_cli import Gravity, georeference_bundle
+
+    g = cfg.georef
+    source = "exif" if g.from_exif else "gnss" if g.gnss is not None else "gcp"
+    origin = None if g.origin is None else ",".join(repr(float(v)) for v in g.origin)
+    entry, _, notes = georeference_bundle(cfg.out, source, g.gnss or g.gcp, None, origin, g.crs, g.max_error,
+                                          Gravity(g.gravity), g.fix_scale)
+    r = entry["residuals"]
+    reporter.log(f"  georeference: {r['n_inliers']}/{r['n']} inliers, horizontal median "
+                 f"{r['horizontal_m']['median']:.2f} m" + "".join(f"; {n}" for n in notes))
+
+
+def _run_fuse_aerial(cfg: BatchConfig, reporter: Reporter) -> None:
+    from mapping.aerial import AerialConfig
+    from mapping.aerial_cli import fuse_and_store
+
+    a = cfg.fuse_aerial
+    result, _ = fuse_and_store(cfg.out, a.ortho, a.dsm, AerialConfig(max_shift_m=a.max_shift,
+                                                                      refine_scale=not a.keep_scale))
+    r = result.report
+    reporter.log(f"  aerial: {r['n_inliers']}/{r['n_matches']} patches agree, residual {r['residual_m']:.3f} m")
+
+
+def _run_layers(cfg: BatchConfig, reporter: Reporter) -> None:
+    from mapping.layers_cli import layers_job
+
+    ly = cfg.layers
+    layers_job(cfg.out, ly.depth_root, ly.depth_camera, ly.depth_stride, ly.depth_colour, ly.align_depth, ly.voxel,
+               ly.grid_resolution, ly.ortho_resolution, ly.crs, reporter)
+
+
+#: (name, key parts beyond the section and the previous key, runner)
 Stage = tuple[str, Callable[[BatchConfig], list], Callable[[BatchConfig, Reporter], None]]
 
 
 def stages(cfg: BatchConfig) -> list[Stage]:
-    """The stages this config asks for, in order."""
+    """The stages this config asks for, in order (the names of the manifest's ``stages``)."""
     out: list[Stage] = [("build", lambda c: [], _run_build)]
+    if cfg.georef is not None:
+        out.append(("georef", lambda c: [_file_sha(c.georef.gnss), _file_sha(c.georef.gcp)], _run_georef))
+    if cfg.fuse_aerial is not None:
+        out.append(("fuse-aerial", lambda c: [_file_sha(c.fuse_aerial.ortho), _file_sha(c.fuse_aerial.dsm)],
+                    _run_fuse_aerial))
+    if cfg.layers is not None:
+        out.append(("layers", lambda c: [_tree_fingerprint(c.layers.depth_root)], _run_layers))
     return out
 
 
@@ -215,7 +261,7 @@ def run_batch(cfg: BatchConfig, reporter: Reporter = QUIET) -> dict:
     todo = stages(cfg)
     for n, (name, extra_parts, runner) in enumerate(todo, 1):
         if name != "build":
-            section = getattr(cfg, name)
+            section = getattr(cfg, name.replace("-", "_"))
             key = content_key(name, key, section.model_dump(mode="json"), extra_parts(cfg))
         if stage_done(cfg.out, name, key):
             reporter.log(f"[{n}/{len(todo)}] {name}: up to date (key {key[:12]}), skipped")

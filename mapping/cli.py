@@ -10,9 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mapping.build import BuildConfig, build_map, list_images
+from mapping.build import BuildConfig, build_map
 from mapping.bundle import read_manifest, verify_files
-from mapping.reconstruct import ReconstructionConfig
 from vloc.camera import Camera
 from vloc.cli_util import user_errors
 from vloc.progress import Reporter

@@ -14,6 +14,31 @@ from vloc.progress import Reporter
 from vloc.types import VlocError
 
 
+def layers_job(bundle: Path, depth_root: Optional[Path] = None, depth_camera: Optional[str] = None,
+               depth_stride: int = 1, depth_colour: bool = False, align_depth: bool = False, voxel: float = 0.02,
+               resolution: float = 0.05, ortho_resolution: float = 0.02, crs: Optional[str] = None,
+               reporter: Reporter = Reporter(enabled=False)) -> dict:
+    """Check the options, load the depth frames (if any) and build the layers; returns the
+    manifest's ``layers`` entry (the command and ``vloc map build --config`` both run this)."""
+    from mapping.bundle import read_manifest
+    from mapping.layers.build import LayersConfig, build_layers
+    from mapping.layers.depth import load_depth_folder
+    from vloc.camera import Camera
+
+    read_manifest(bundle)  # a clear error before any depth loading
+    frames = None
+    if depth_root is not None:
+        if depth_camera is None:
+            raise VlocError("--depth-root needs --depth-camera 'PINHOLE W H fx fy cx cy'")
+        frames = load_depth_folder(depth_root, Camera.parse(depth_camera), depth_stride, depth_colour)
+    elif depth_camera is not None or align_depth:
+        raise VlocError("--depth-camera / --align-depth need --depth-root")
+    cfg = LayersConfig(crs=crs)
+    cfg = replace(cfg, tsdf=replace(cfg.tsdf, voxel=voxel), ortho=replace(cfg.ortho, resolution=ortho_resolution),
+                  occupancy=replace(cfg.occupancy, resolution=resolution))
+    return build_layers(bundle, cfg, frames, reporter, align_depth=align_depth)
+
+
 @app.command("layers")
 @user_errors
 def layers(
@@ -41,24 +66,9 @@ def layers(
     as_json: bool = typer.Option(False, "--json", help="print the manifest's layers entry as JSON"),
 ) -> None:
     """Add HD layers to a bundle: mesh, PLY/LAS points, GeoTIFF orthophoto, ROS occupancy grids, GeoJSON."""
-    from mapping.bundle import read_manifest
-    from mapping.layers.build import LayersConfig, build_layers
-    from mapping.layers.depth import load_depth_folder
-    from vloc.camera import Camera
-
-    read_manifest(bundle)  # a clear error before any depth loading
-    frames = None
-    if depth_root is not None:
-        if depth_camera is None:
-            raise VlocError("--depth-root needs --depth-camera 'PINHOLE W H fx fy cx cy'")
-        frames = load_depth_folder(depth_root, Camera.parse(depth_camera), depth_stride, depth_colour)
-    elif depth_camera is not None or align_depth:
-        raise VlocError("--depth-camera / --align-depth need --depth-root")
-    cfg = LayersConfig(crs=crs)
-    cfg = replace(cfg, tsdf=replace(cfg.tsdf, voxel=voxel), ortho=replace(cfg.ortho, resolution=ortho_resolution),
-                  occupancy=replace(cfg.occupancy, resolution=resolution))
     reporter = Reporter(enabled=not quiet)
-    info = build_layers(bundle, cfg, frames, reporter, align_depth=align_depth)
+    info = layers_job(bundle, depth_root, depth_camera, depth_stride, depth_colour, align_depth, voxel, resolution,
+                      ortho_resolution, crs, reporter)
     if as_json:
         print(json.dumps(info, indent=2))
     else:

@@ -152,3 +152,17 @@ def camera_from_camera_info(K, D, width: int, height: int, distortion_model: str
         return Camera("OPENCV", w, h, (fx, fy, cx, cy, *dist))
     except CameraError as e:
         raise ImageError(f"CameraInfo: {e}") from None
+
+
+def camera_from_info_msg(msg) -> Camera:
+    """A sensor_msgs/CameraInfo message of either family (ROS 1 ``K``/``D`` or ROS 2 ``k``/``d``
+    field names: rospy, rosbags or cyclonedds objects) -> Camera (ImageError when unusable)."""
+    K = getattr(msg, "k", None)
+    if K is None:
+        K = msg.K
+    D = getattr(msg, "d", None)
+    if D is None:
+        D = msg.D
+    roi = msg.roi
+    return camera_from_camera_info(K, D, msg.width, msg.height, msg.distortion_model, msg.binning_x,
+                                   msg.binning_y, (roi.x_offset, roi.y_offset, roi.width, roi.height))

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from robots.config import FramesConfig
+from robots.images import camera_from_info_msg
 from robots.transforms import (OdomBuffer, map_from_base_from_camera, map_from_odom, rigid_from_ros, rigid_to_ros,
                                ros_pose_covariance, seconds_to_stamp, stamp_to_seconds)
 from robots.tum import StampedPose, associate, read_tum, write_tum
@@ -202,20 +203,6 @@ def decode_image_msg(msg, msgtype: str) -> np.ndarray:
     if msgtype.endswith("CompressedImage"):
         return decode_compressed(msg.format, msg.data)
     return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
-
-
-def camera_from_info_msg(msg) -> Camera:
-    """sensor_msgs/CameraInfo (ROS 1 ``K``/``D`` or ROS 2 ``k``/``d`` field names) -> Camera."""
-    from robots.images import camera_from_camera_info
-    K = getattr(msg, "k", None)
-    if K is None:
-        K = msg.K
-    D = getattr(msg, "d", None)
-    if D is None:
-        D = msg.D
-    roi = msg.roi
-    return camera_from_camera_info(K, D, msg.width, msg.height, msg.distortion_model, msg.binning_x,
-                                   msg.binning_y, (roi.x_offset, roi.y_offset, roi.width, roi.height))
 
 
 class MessageFactory:

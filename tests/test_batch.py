@@ -123,3 +123,68 @@ def test_bad_job_files_are_refused_with_the_field(frames, tmp_path):
     res = runner.invoke(app, ["map", "build", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "does not exist" in res.output
     assert not stage_done(tmp_path / "nothing", "build", "0" * 64)
+
+
+def write_gnss(path: Path, frames: Path, origin=(55.7, 13.2, 20.0), yaw_deg: float = 30.0) -> None:
+    """GNSS fixes (cm noise) of the frames' true centres under a known map -> ENU similarity."""
+    from datasets.posefile import load_poses
+    from mapping.georef import enu_to_geodetic
+    from vloc.camera import Camera
+    recs = load_poses(frames / "pgt_sfm_seq01.txt", "pgt", camera=Camera.parse((frames / "camera.txt").read_text()))
+    c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+    R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    enu = np.array([R @ r.cam_from_world.centre + [5.0, -3.0, 0.5] for r in recs])
+    enu += np.random.default_rng(0).normal(0, 0.01, enu.shape)
+    geo = enu_to_geodetic(enu, origin)
+    path.write_text("name,latitude,longitude,altitude\n" + "".join(
+        f"{r.name},{g[0]:.10f},{g[1]:.10f},{g[2]:.4f}\n" for r, g in zip(recs, geo)))
+
+
+def noise_geotiff(path: Path, centre_lat_lon: tuple[float, float]) -> None:
+    """A 200 x 200 m random orthophoto around a place (nothing a map could register to)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from mapping.georef import geodetic_to_crs, utm_crs_for
+    crs = utm_crs_for(*centre_lat_lon)
+    e, n, _ = geodetic_to_crs(np.array([[*centre_lat_lon, 0.0]]), crs)[0]
+    img = np.random.default_rng(1).integers(0, 255, (3, 2000, 2000), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=2000, height=2000, count=3, dtype="uint8",
+                       crs=crs.to_wkt(), transform=from_origin(e - 100, n + 100, 0.1, 0.1)) as dst:
+        dst.write(img)
+
+
+def test_full_job_georef_layers_then_a_refused_stage(frames, tmp_path):
+    write_gnss(tmp_path / "gnss.csv", frames)
+    job = write_job(tmp_path / "job.yaml", frames)
+    job.write_text(job.read_text() + f"""georef:
+  gnss: gnss.csv
+  max_error: 0.5
+layers:
+  depth_root: {frames}
+  depth_camera: {(frames / 'camera.txt').read_text().strip()}
+  depth_stride: 2
+  voxel: 0.05
+""")
+    res = runner.invoke(app, ["map", "build", "--config", str(job), "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["stages"] == {"build": "ran", "georef": "ran",
+                                                                          "layers": "ran"}
+    bundle = tmp_path / "bundle"
+    m = read_manifest(bundle)
+    assert set(m["stages"]) == {"build", "georef", "layers"} and verify_files(bundle, m) == []
+    assert m["georeference"]["residuals"]["horizontal_m"]["median"] < 0.05
+    assert any(f.startswith("layers/") for f in m["files"])
+    assert run_batch(load_batch_config(job)) == {"build": "skipped", "georef": "skipped", "layers": "skipped"}
+
+    # a changed GNSS file reruns georef and everything after it, not the build
+    write_gnss(tmp_path / "gnss.csv", frames, yaw_deg=31.0)
+    assert run_batch(load_batch_config(job)) == {"build": "skipped", "georef": "ran", "layers": "ran"}
+
+    # an orthophoto of nothing: the fusion stage refuses, the job stops with exit 2, done stages stay
+    noise_geotiff(tmp_path / "ortho.tif", (55.7, 13.2))
+    job.write_text(job.read_text().replace("layers:", "fuse_aerial:\n  ortho: ortho.tif\nlayers:"))
+    before = (bundle / "manifest.json").read_bytes()
+    res = runner.invoke(app, ["map", "build", "--config", str(job), "-q"])
+    assert res.exit_code == 2 and "refused" in res.output
+    assert (bundle / "manifest.json").read_bytes() == before
+    assert stage_done(bundle, "georef", read_manifest(bundle)["stages"]["georef"]["key"])

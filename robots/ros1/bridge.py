@@ -29,10 +29,9 @@ import numpy as np
 
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
-from robots.images import ImageError
-from robots.replay import camera_from_info_msg
-from robots.ros2.bridge import (UNKNOWN_COVARIANCE, Counters, LatestSlot, PendingFrame, RateGate, _Throttled,
-                                check_frame, decode_frame)
+from robots.images import ImageError, camera_from_info_msg
+from robots.pipeline import (UNKNOWN_COVARIANCE, Counters, LatestSlot, PendingFrame, RateGate, Throttled,
+                             check_frame, decode_frame)
 from robots.transforms import (OdomBuffer, map_from_base_from_camera, map_from_odom, rigid_from_ros, rigid_to_ros,
                                ros_pose_covariance)
 from vloc.camera import Camera
@@ -85,7 +84,7 @@ class Ros1Bridge:
         self._slot = LatestSlot()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._throttle = _Throttled()
+        self._throttle = Throttled()
         self._ros: dict = {}
 
     # lifecycle -------------------------------------------------------------------------------

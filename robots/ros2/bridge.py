@@ -25,15 +25,15 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
-from robots.images import (ImageError, camera_from_camera_info, check_compressed_fields, check_image_fields,
-                           decode_compressed, decode_image)
+from robots.images import ImageError, camera_from_info_msg
+from robots.pipeline import (UNKNOWN_COVARIANCE, Counters, LatestSlot, PendingFrame, RateGate, Throttled,
+                             check_frame, decode_frame)
 from robots.ros2 import msgs
 from robots.transforms import (OdomBuffer, map_from_base_from_camera, map_from_odom, rigid_from_ros, rigid_to_ros,
                                ros_pose_covariance, seconds_to_stamp, stamp_to_seconds)
@@ -42,84 +42,6 @@ from vloc.geometry import Rigid3
 from vloc.types import VlocError
 
 log = logging.getLogger("vloc.robots.ros2")
-
-COUNTERS = ("received", "localized", "rejected", "dropped_stale", "dropped_rate", "malformed", "no_camera_info",
-            "errors", "tf_published", "missing_odom")
-
-#: covariance published when the backend gave none: uninformative (1e6 on the diagonal).
-UNKNOWN_COVARIANCE = np.eye(6) * 1e6
-
-
-class Counters:
-    """Thread-safe event counters (:data:`COUNTERS`)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._c = dict.fromkeys(COUNTERS, 0)
-
-    def inc(self, name: str, n: int = 1) -> int:
-        with self._lock:
-            self._c[name] += n
-            return self._c[name]
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._c)
-
-
-class LatestSlot:
-    """A one-element hand-off: ``put`` replaces the pending item (returned, so it can be counted as
-    dropped), ``take`` waits for one. Newest-frame-wins between the DDS thread and the worker."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item = None
-        self._closed = False
-
-    def put(self, item):
-        with self._cond:
-            prev, self._item = self._item, item
-            self._cond.notify()
-            return prev
-
-    def take(self, timeout: float):
-        """The pending item (cleared), or None after ``timeout`` seconds or when closed."""
-        with self._cond:
-            if self._item is None and not self._closed:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-class RateGate:
-    """Lets at most ``max_rate_hz`` events per second through (0: all), on a monotonic clock."""
-
-    def __init__(self, max_rate_hz: float) -> None:
-        self.period = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
-        self._last: float | None = None
-
-    def allow(self, now: float) -> bool:
-        if self._last is not None and now - self._last < self.period:
-            return False
-        self._last = now
-        return True
-
-
-@dataclass(frozen=True)
-class PendingFrame:
-    """A frame handed to the worker: the message (Image or CompressedImage), its stamp (seconds;
-    ``ros_stamp`` the exact (sec, nanosec) echoed in the outputs) and its camera."""
-
-    msg: object
-    stamp: float
-    ros_stamp: tuple[int, int]
-    camera: Camera
-
 
 # --- message construction / parsing (pure) ----------------------------------------------------
 Stamp = tuple[int, int] | float
@@ -168,43 +90,7 @@ def _frame(name: str) -> str:
 
 def camera_from_msg(m: msgs.CameraInfo) -> Camera:
     """sensor_msgs/CameraInfo -> Camera (ImageError when unusable)."""
-    roi = (m.roi.x_offset, m.roi.y_offset, m.roi.width, m.roi.height)
-    return camera_from_camera_info(m.k, m.d, m.width, m.height, m.distortion_model, m.binning_x, m.binning_y, roi)
-
-
-def check_frame(msg, compressed: bool, camera: Camera | None) -> None:
-    """Cheap checks of an image message before it is queued (ImageError)."""
-    if compressed:
-        check_compressed_fields(msg.format, len(msg.data))
-        return
-    check_image_fields(msg.encoding, int(msg.height), int(msg.width), int(msg.step), len(msg.data))
-    if camera is not None and (msg.width, msg.height) != (camera.width, camera.height):
-        raise ImageError(f"image is {msg.width}x{msg.height} but CameraInfo says {camera.width}x{camera.height}")
-
-
-def decode_frame(msg, compressed: bool) -> np.ndarray:
-    """Image / CompressedImage message -> (H, W, 3) uint8 RGB (ImageError)."""
-    if compressed:
-        return decode_compressed(msg.format, msg.data)
-    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data)
-
-
-class Throttled:
-    """Logs a warning the first time and then at most every ``every_s`` seconds per key."""
-
-    def __init__(self, every_s: float = 10.0, logger: logging.Logger | None = None) -> None:
-        self.every_s = every_s
-        self.logger = logger or log
-        self._last: dict[str, float] = {}
-
-    def warning(self, key: str, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) >= self.every_s:
-            self._last[key] = now
-            self.logger.warning(msg, *args)
-
-
-_Throttled = Throttled   # the former name (robots/ros1 imports it)
+    return camera_from_info_msg(m)
 
 
 # --- the bridge ------------------------------------------------------------------------------
