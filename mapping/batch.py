@@ -46,7 +46,7 @@ class BuildSection(_Section):
     poses: Optional[Path] = None
     poses_format: Optional[Literal["7scenes", "pgt", "colmap", "kapture"]] = None
     camera: Optional[str] = None
-    sfm: Literal["incremental", "global"] = "incremental"
+    sfm: Literal["auto", "incremental", "global"] = "auto"
     max_keypoints: int = 4000
 
 

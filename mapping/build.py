@@ -259,10 +259,11 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
 
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vloc-build-") as work:
+        sfm_used = None
         if posed:
             rec = triangulate_known_poses(records, feats, verified, Path(work), cfg.reconstruction)
         else:
-            rec = structure_from_motion(records, feats, verified, Path(work), cfg.reconstruction)
+            rec, sfm_used = structure_from_motion(records, feats, verified, Path(work), cfg.reconstruction)
     removed = filter_points(rec, cfg.reconstruction)
     if rec.num_points3D() == 0:
         raise VlocError("every triangulated point failed the track-length / reprojection filter")
@@ -283,6 +284,7 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
                                   "p90": float(np.percentile(errs, 90))},
         "n_pairs": len(pairs), "n_verified_pairs": len(verified), "n_points_filtered": removed,
         "mean_keypoints_per_image": float(np.mean([len(f) for f in feats])),
+        **({"sfm_method_used": sfm_used} if sfm_used else {}),
     }
     keep = [k for k, n in enumerate(index.names) if n in registered]
     order = {n: k for k, n in enumerate(index.names)}

@@ -28,6 +28,7 @@ class PoseFormat(str, Enum):
 
 
 class SfmMethod(str, Enum):
+    auto = "auto"
     incremental = "incremental"
     global_ = "global"
 
@@ -66,7 +67,8 @@ def build(
     poses: Optional[Path] = typer.Option(None, "--poses", help="pose file (omit for SfM from unposed images)"),
     poses_format: Optional[PoseFormat] = typer.Option(None, "--poses-format"),
     camera: Optional[str] = typer.Option(None, "--camera", help='"MODEL W H PARAMS..." for all images'),
-    sfm: SfmMethod = typer.Option(SfmMethod.incremental, "--sfm", help="SfM method without poses"),
+    sfm: SfmMethod = typer.Option(SfmMethod.auto, "--sfm", help="SfM method without poses (auto: incremental, "
+                                 "and global too when incremental registers < 80 % of the images)"),
     max_keypoints: int = typer.Option(4000, "--max-keypoints"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest statistics as JSON"),

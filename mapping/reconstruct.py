@@ -31,8 +31,11 @@ class ReconstructionConfig:
     min_track_length: int = 2
     #: minimum triangulation angle (degrees) used by COLMAP.
     min_tri_angle_deg: float = 1.5
-    #: SfM method for unposed images: "incremental" or "global".
-    sfm_method: str = "incremental"
+    #: SfM method for unposed images: "incremental", "global", or "auto" (incremental; when it
+    #: registers fewer than ``auto_min_registered`` of the images, e.g. forward-moving street
+    #: sequences without a good initial pair, global too, keeping the model with more images).
+    sfm_method: str = "auto"
+    auto_min_registered: float = 0.8
     #: keep two-view tracks (COLMAP drops them by default); useful for small maps.
     keep_two_view_tracks: bool = True
     num_threads: int = -1
@@ -135,23 +138,40 @@ def triangulate_known_poses(records: list[ImageRecord], features: list[Features]
 
 def structure_from_motion(records: list[ImageRecord], features: list[Features],
                           verified: dict[tuple[int, int], VerifiedPair], workdir: Path,
-                          cfg: ReconstructionConfig) -> pycolmap.Reconstruction:
-    """Unknown poses: pycolmap incremental (or global) mapping; returns the largest model."""
+                          cfg: ReconstructionConfig) -> tuple[pycolmap.Reconstruction, str]:
+    """Unknown poses: pycolmap incremental and/or global mapping (``cfg.sfm_method``).
+    Returns the largest model and the method that made it."""
+    if cfg.sfm_method not in ("auto", "incremental", "global"):
+        raise VlocError(f"unknown SfM method {cfg.sfm_method!r}: use auto, incremental or global")
     db_path, out = prepare_workdir(workdir, records, features, verified, "sfm")
-    if cfg.sfm_method == "global":
+    methods = ["incremental", "global"] if cfg.sfm_method == "auto" else [cfg.sfm_method]
+    best, used = None, None
+    for method in methods:
+        model = _mapping(method, db_path, workdir, out / method, cfg)
+        if model is not None and (best is None or model.num_reg_images() > best.num_reg_images()):
+            best, used = model, method
+        if best is not None and best.num_reg_images() >= cfg.auto_min_registered * len(records):
+            break
+    if best is None:
+        raise VlocError("SfM registered no images: the images share too few verified matches")
+    if best.num_points3D() == 0:
+        raise VlocError("SfM produced a model without 3D points")
+    return best, used
+
+
+def _mapping(method: str, db_path: Path, workdir: Path, out: Path, cfg: ReconstructionConfig
+             ) -> pycolmap.Reconstruction | None:
+    """The largest model of one pycolmap mapper, or None."""
+    out.mkdir(parents=True, exist_ok=True)
+    if method == "global":
         gopts = pycolmap.GlobalPipelineOptions()
         gopts.num_threads = cfg.num_threads
         models = pycolmap.global_mapping(str(db_path), str(workdir), str(out), gopts)
-    elif cfg.sfm_method == "incremental":
-        models = pycolmap.incremental_mapping(str(db_path), str(workdir), str(out), pipeline_options(cfg))
     else:
-        raise VlocError(f"unknown SfM method {cfg.sfm_method!r}: use incremental or global")
+        models = pycolmap.incremental_mapping(str(db_path), str(workdir), str(out), pipeline_options(cfg))
     if not models:
-        raise VlocError("SfM registered no images: the images share too few verified matches")
-    best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-    if best.num_points3D() == 0:
-        raise VlocError("SfM produced a model without 3D points")
-    return best
+        return None
+    return max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
 
 
 def filter_points(rec: pycolmap.Reconstruction, cfg: ReconstructionConfig) -> int:

@@ -32,11 +32,14 @@ def mapping(root: Path = typer.Option(DEFAULT_SHARED, "--root", help="the shared
 def hdmap(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root",
                                     help="7-Scenes redkitchen folder (pgt_sfm_seq01.txt, seq-01/ with depth)"),
           depth_stride: int = typer.Option(5, "--depth-stride", min=1, help="every N-th depth frame for the mesh"),
+          world: bool = typer.Option(True, "--world/--no-world", help="also the georeference error on the "
+                                                                      "generated world (GPS, GPS + aerial)"),
           json_out: Optional[Path] = typer.Option(Path("bench-results/hdmap.json"), "--json")) -> None:
-    """HD layers of the redkitchen map: time and memory per stage, LAS / PLY / GeoTIFF / mesh sizes."""
+    """HD layers of the redkitchen map: time and memory per stage, LAS / PLY / GeoTIFF / mesh sizes;
+    georeference error on the generated world."""
     from mapping.layers.bench import markdown_table, run_layers_bench
     from vloc.progress import Reporter
-    res = run_layers_bench(root, json_out, depth_stride=depth_stride, reporter=Reporter())
+    res = run_layers_bench(root, json_out, depth_stride=depth_stride, reporter=Reporter(), world=world)
     print(markdown_table(res))
     if json_out:
         print(f"\nJSON: {json_out}")

@@ -64,8 +64,9 @@ class StageMeter(StageTimer):
 
 
 def run_layers_bench(root: Path, out_json: Path | None = None, map_every: int = 10, depth_stride: int = 5,
-                     voxel: float = 0.02, reporter: Reporter = QUIET) -> dict:
-    """Build the redkitchen map and its layers; returns (and writes) the JSON result."""
+                     voxel: float = 0.02, reporter: Reporter = QUIET, world: bool = True) -> dict:
+    """Build the redkitchen map and its layers (and, with ``world``, measure the georeference error
+    on the generated world: :mod:`mapping.bench_world`); returns (and writes) the JSON result."""
     from datasets.sevenscenes import frame_number, load_pgt
     root = Path(root)
     pgt = root / "pgt_sfm_seq01.txt"
@@ -104,6 +105,10 @@ def run_layers_bench(root: Path, out_json: Path | None = None, map_every: int = 
         "ortho": info["files"]["layers/ortho.tif"],
         "up_source": info["frames"]["up_source"],
     }
+    if world:
+        from mapping.bench_world import run_world_georef_bench
+        reporter.log("georeference on the generated world (build, GPS georef, aerial fusion)")
+        result["georef_generated_world"] = run_world_georef_bench()
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))
@@ -123,6 +128,16 @@ def markdown_table(result: dict) -> str:
     rows.append(f"mesh: {m['n_vertices']} vertices, {m['n_triangles']} triangles (voxel {result['voxel_m']} m); "
                 f"depth->map similarity scale {a.get('scale', float('nan')):.4f}, residual median "
                 f"{a.get('residual_m_median', float('nan')) * 100:.1f} cm over {a.get('n_pairs')} frames")
+    w = result.get("georef_generated_world")
+    if w:
+        rows += ["", "| georeference (generated world) | horizontal median / max m | vertical median m | yaw deg |",
+                 "|---|---|---|---|"]
+        for name in ("gps_only", "gps_plus_aerial"):
+            e = w[name]
+            rows.append(f"| {name.replace('_', ' ')} | {e['horizontal_median_m']:.3f} / {e['horizontal_max_m']:.3f} "
+                        f"| {e['vertical_median_m']:.3f} | {e['yaw_deg']:.3f} |")
+        rows.append(f"world: {w['data']}; {w['n_points']} map points; stage times "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in w["timings"].items()))
     mi = result["machine"]
     rows.append(f"machine: {mi['processor']}, {mi['cpu_count']} cores, {mi['platform']}")
     return "\n".join(rows)
