@@ -367,3 +367,61 @@ def test_cli_config_errors_exit_2(tmap, tmp_path):
                                      "dds": {"domain_id": fresh_domain(), "interface": "no-such-nic0"}}))
     r = runner.invoke(app, ["robots", "ros2", "--config", str(nonet)])
     assert r.exit_code == 2 and "cannot start DDS" in r.output, r.output
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_bridge_process_localizes_the_shared_frames_over_dds(tmp_path_factory):
+    """The same two processes with the shared redkitchen frames: a map of the revisit map frames,
+    the peer publishes revisit query frames (another pass through the kitchen) as rgb8 Images."""
+    from api.bench_serve import ServeBenchConfig, prepare_7scenes
+    from conftest import shared_dataset
+    root = shared_dataset("7scenes-redkitchen")
+    tmp = tmp_path_factory.mktemp("ros2-kitchen")
+    bundle, frames, _ = prepare_7scenes(root, tmp, ServeBenchConfig())
+    frames = frames[:: max(1, len(frames) // 4)][:4]
+    domain = fresh_domain()
+    cfg = {"backend": {"bundle": str(bundle)}, "image_topic": "/cam/image_raw", "camera_info_topic": "/cam/camera_info",
+           "base_from_camera": EXTRINSIC, "max_rate_hz": 20, "max_age_s": 30, "stats_interval_s": 0,
+           "dds": dds_settings(domain)}
+    (tmp / "bridge.yaml").write_text(yaml.safe_dump(cfg))
+    log_path = tmp / "bridge.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "vloc.cli", "robots", "ros2", "--config",
+                                 str(tmp / "bridge.yaml")], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    peer, errors = None, []
+    try:
+        peer = Peer(domain)
+        peer.wait_matched(120, proc)
+        for f in frames:
+            rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(f.data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            odom_from_base = MAP_FROM_ODOM.inverse() * f.truth.inverse() * BASE_FROM_CAMERA.inverse()
+            msg = None
+            for _attempt in range(3):
+                stamp = now_stamp()
+                peer.send_odom(stamp, odom_from_base)
+                peer.send_camera_info()   # the 7-Scenes RGB camera: f 525, centre 320, 240
+                time.sleep(0.05)
+                peer.send_image(stamp, rgb)
+                msg = peer.wait_pose(stamp, 60)
+                if msg is not None:
+                    break
+            assert msg is not None, f"no pose for {f.name}: " + log_path.read_text()[-3000:]
+            got = rigid_from_pose(msg.pose.pose)
+            truth = f.truth.inverse() * BASE_FROM_CAMERA.inverse()
+            errors.append((np.linalg.norm(got.translation - truth.translation),
+                           rotation_angle_deg(got.rotation, truth.rotation)))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        del peer
+    t, r = np.array(errors).T
+    print(f"\nredkitchen over DDS: {len(errors)} frames, errors (cm) {np.round(t * 100, 2)}, (deg) {np.round(r, 2)}")
+    assert t.max() < 0.05 and r.max() < 5.0   # pgt_sfm truth; the revisit target is 5 cm / 5 deg
+    assert proc.returncode == 0 and "Traceback" not in log_path.read_text()
