@@ -75,6 +75,11 @@ class ServeBenchConfig:
     cache_mb: float | None = None
     #: server localization threads.
     workers: int = 2
+    #: server's max_frame_age_s (None: its default): frames waiting longer are dropped as stale,
+    #: which bounds the latency of answered frames when more frames arrive than the CPU can take.
+    max_age_s: float | None = None
+    #: server's stream_max_pending (None: its default): waiting frames per stream session.
+    max_pending: int | None = None
     #: client timeout per request / stream reply, seconds.
     timeout_s: float = 30.0
     #: after the send window, how long to wait for the last answers, seconds.
@@ -525,7 +530,7 @@ def run_serve_bench(cfg: ServeBenchConfig, root: Path | None = None, workdir: Pa
     """Run one load test (see the module docstring); returns the result dict (also written to out_json)."""
     from api.registry import Registry
     from mapping.bench import machine_info
-    from vloc.client import AsyncVlocClient, VlocClient
+    from vloc.client import VlocClient
 
     cfg.check()
     workdir = Path(workdir)
@@ -547,7 +552,9 @@ def run_serve_bench(cfg: ServeBenchConfig, root: Path | None = None, workdir: Pa
         del reg
         reporter.log(f"starting vloc serve ({cfg.workers} workers"
                      + (f", cache {cfg.cache_mb} MB" if cfg.cache_mb is not None else "") + ")")
-        server = ServerProcess(data, cfg.workers, cfg.cache_mb)
+        env = {k: str(v) for k, v in (("VLOC_MAX_FRAME_AGE_S", cfg.max_age_s),
+                                      ("VLOC_STREAM_MAX_PENDING", cfg.max_pending)) if v is not None}
+        server = ServerProcess(data, cfg.workers, cfg.cache_mb, env=env)
         server.wait_ready()
         t0 = time.perf_counter()
         with VlocClient(server.url, admin_key, timeout=300) as admin:
@@ -619,7 +626,10 @@ def markdown_table(res: dict) -> str:
     w = res["workload"]
     rows = [f"vloc bench serve: {c['robots']} robots x {c['hz']:g} Hz x {c['seconds']:g} s, "
             f"{res['mode'].upper()}, {res['n_maps']} map(s), "
-            f"{c['workers']} server workers", "",
+            f"{c['workers']} server workers"
+            + (f", max frame age {c['max_age_s']:g} s" if c.get("max_age_s") is not None else "")
+            + (f", {c['max_pending']} waiting frame(s) per session" if c.get("max_pending") is not None else ""),
+            "",
             "| metric | value |", "|---|---|",
             f"| offered load | {res['offered_qps']:.1f} q/s |",
             f"| sent / answered | {res['sent']} / {res['answered']} |",
@@ -629,7 +639,7 @@ def markdown_table(res: dict) -> str:
             f"| server: worker-queue wait / core, medians | {f(res['server_ms']['wait_median'])} / "
             f"{f(res['server_ms']['core_total_median'])} ms |",
             f"| errors (non-2xx, exceptions, error replies) | {res['errors']} |",
-            f"| dropped frames | " + (", ".join(f"{k}: {v}" for k, v in res["dropped"].items()) or "0") + " |"]
+            "| dropped frames | " + (", ".join(f"{k}: {v}" for k, v in res["dropped"].items()) or "0") + " |"]
     if not c["stream"]:
         rows.append(f"| ticks skipped (robot still waiting for its last pose) | {res['skipped_busy']} "
                     f"of {res['scheduled']} |")

@@ -103,8 +103,13 @@ def serve_cmd(data: Path = typer.Option(..., "--data", help="data directory (reg
     except ValidationError as e:
         raise VlocError(f"invalid settings: {e}") from None
     configure_logging(settings.log_level)
+    # one core per localization worker: the workers run frames in parallel, so library threads
+    # inside each frame (torch, OpenCV's SIFT) would only oversubscribe the cores
+    import cv2
     import torch
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    per_worker = max(1, (os.cpu_count() or 1) // settings.workers)
+    torch.set_num_threads(per_worker)
+    cv2.setNumThreads(per_worker)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                 ws_max_size=settings.max_upload_bytes,

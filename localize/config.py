@@ -44,7 +44,7 @@ class LocalizerConfig:
 
     # tracking (a pose prior is given): a cheaper first attempt, the full setting as fallback -----
     #: working resolution while tracking (0 = no tracking mode: priors only narrow retrieval).
-    tracking_max_image_side: int = 480
+    tracking_max_image_side: int = 400
     tracking_max_keypoints: int = 1024
     tracking_top_k: int = 5
 

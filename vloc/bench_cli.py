@@ -115,6 +115,10 @@ def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
           cache_mb: Optional[float] = typer.Option(None, "--cache-mb", min=0,
                                                    help="server map-cache budget, MB (default: the server's)"),
           workers: int = typer.Option(2, "--workers", min=1, help="server localization threads"),
+          max_age: Optional[float] = typer.Option(None, "--max-age", min=0.01,
+                                                  help="server max frame age, s (stale frames are dropped)"),
+          max_pending: Optional[int] = typer.Option(None, "--max-pending", min=1,
+                                                    help="server's waiting frames per stream session"),
           workdir: Path = typer.Option(Path("bench-results/serve-cache"), "--workdir",
                                        help="cache of built maps and rendered frames (reruns skip them)"),
           json_out: Optional[Path] = typer.Option(Path("bench-results/serve.json"), "--json")) -> None:
@@ -122,7 +126,7 @@ def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
     from api.bench_serve import ServeBenchConfig, markdown_table, run_serve_bench
     from vloc.progress import Reporter
     cfg = ServeBenchConfig(robots=robots, hz=hz, seconds=seconds, stream=stream, maps=maps, cache_mb=cache_mb,
-                           workers=workers)
+                           workers=workers, max_age_s=max_age, max_pending=max_pending)
     res = run_serve_bench(cfg, None if maps else root, workdir, json_out, reporter=Reporter())
     print(markdown_table(res))
     if json_out:
