@@ -44,6 +44,8 @@ class LocalizerConfig:
 
     # tracking (a pose prior is given): a cheaper first attempt, the full setting as fallback -----
     #: working resolution while tracking (0 = no tracking mode: priors only narrow retrieval).
+    #: Measured (`vloc bench serve --stream`, 20 robots x 2 Hz on 2 cores, redkitchen): 480 px
+    #: 17 q/s, 100 % within 5 cm / 5 deg; 400 px 22 q/s, 99 %; 320 px 27 q/s, 94 %.
     tracking_max_image_side: int = 400
     tracking_max_keypoints: int = 1024
     tracking_top_k: int = 5
