@@ -125,3 +125,60 @@ class Throttled:
         if now - self._last.get(key, -1e18) >= self.every_s:
             self._last[key] = now
             self.logger.warning(msg, *args)
+
+
+@dataclass(frozen=True)
+class Localized:
+    """An accepted frame: ``map_from_base`` (base_link in map) and its ROS-order 6x6 covariance."""
+
+    map_from_base: object
+    covariance: np.ndarray
+    odom: object | None   # the robot's OdomLookup at the image stamp, or None
+
+
+def localize_frame(frame: PendingFrame, now_s: float, cfg, backend, base_from_camera, odom_buffer,
+                   counters: Counters, throttle: Throttled) -> Localized | None:
+    """The transport-independent part of handling one frame: stale check (``cfg.max_age_s`` against
+    ``now_s``, the transport's clock), decoding, localization, the pose of base_link in map with
+    its covariance in ROS order, and the odometry at the image stamp. Counts and logs every
+    outcome; returns None when nothing is to be published."""
+    from robots.transforms import map_from_base_from_camera, ros_pose_covariance
+    from vloc.types import VlocError
+
+    if cfg.max_age_s > 0:
+        age = now_s - frame.stamp
+        if age > cfg.max_age_s:
+            counters.inc("dropped_stale")
+            throttle.warning("stale", "dropping a frame %.2f s old (max_age_s %.2f; clocks in sync? 0 disables "
+                                      "the check)", age, cfg.max_age_s)
+            return None
+    try:
+        rgb = decode_frame(frame.msg, cfg.compressed)
+        if rgb.shape[:2] != (frame.camera.height, frame.camera.width):
+            raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says "
+                             f"{frame.camera.width}x{frame.camera.height}")
+    except ImageError as e:
+        n = counters.inc("malformed")
+        log.warning("skipped image #%d (stamp %.6f): %s", n, frame.stamp, e)
+        return None
+    try:
+        res = backend.localize(rgb, frame.camera, timestamp=frame.stamp)
+    except VlocError as e:
+        counters.inc("errors")
+        throttle.warning(f"backend:{e}", "localization failed: %s", e)
+        return None
+    if not res.accepted or res.cam_from_world is None:
+        counters.inc("rejected")
+        log.info("frame %.6f not localized: %s", frame.stamp, res.reason)
+        return None
+    map_from_base = map_from_base_from_camera(res.world_from_cam, base_from_camera)
+    cov = (UNKNOWN_COVARIANCE if res.covariance is None or not np.all(np.isfinite(res.covariance))
+           else ros_pose_covariance(res.cam_from_world, res.covariance, base_from_camera))
+    counters.inc("localized")
+    odom = odom_buffer.lookup(frame.stamp) if cfg.publish_tf else None
+    if cfg.publish_tf and odom is None:
+        counters.inc("missing_odom")
+        f = cfg.frames
+        throttle.warning("odom", "no %s->%s on %s near stamp %.3f (latest %s): publishing the pose only, no %s->%s",
+                         f.odom, f.base_link, cfg.tf_topic, frame.stamp, odom_buffer.latest_stamp, f.map, f.odom)
+    return Localized(map_from_base, cov, odom)

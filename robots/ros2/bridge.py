@@ -32,11 +32,10 @@ import numpy as np
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
 from robots.images import ImageError, camera_from_info_msg
-from robots.pipeline import (UNKNOWN_COVARIANCE, Counters, LatestSlot, PendingFrame, RateGate, Throttled,
-                             check_frame, decode_frame)
+from robots.pipeline import Counters, LatestSlot, PendingFrame, RateGate, Throttled, check_frame, localize_frame
 from robots.ros2 import msgs
-from robots.transforms import (OdomBuffer, map_from_base_from_camera, map_from_odom, rigid_from_ros, rigid_to_ros,
-                               ros_pose_covariance, seconds_to_stamp, stamp_to_seconds)
+from robots.transforms import (OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros, seconds_to_stamp,
+                               stamp_to_seconds)
 from vloc.camera import Camera
 from vloc.geometry import Rigid3
 from vloc.types import VlocError
@@ -289,54 +288,17 @@ class Ros2Bridge:
                 log.exception("error processing the frame of stamp %.6f", frame.stamp)
 
     def _process(self, frame: PendingFrame) -> None:
-        c, cfg = self.counters, self.cfg
-        if cfg.max_age_s > 0:
-            age = time.time() - frame.stamp
-            if age > cfg.max_age_s:
-                c.inc("dropped_stale")
-                self._throttle.warning("stale", "dropping a frame %.2f s old (max_age_s %.2f; clocks in sync? 0 disables the check)",
-                                       age, cfg.max_age_s)
-                return
-        try:
-            rgb = decode_frame(frame.msg, cfg.compressed)
-            if rgb.shape[:2] != (frame.camera.height, frame.camera.width):
-                raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says "
-                                 f"{frame.camera.width}x{frame.camera.height}")
-        except ImageError as e:
-            n = c.inc("malformed")
-            log.warning("skipped image #%d (stamp %.6f): %s", n, frame.stamp, e)
+        out = localize_frame(frame, time.time(), self.cfg, self.backend, self.base_from_camera, self.odom,
+                             self.counters, self._throttle)
+        if out is None:
             return
-        try:
-            res = self.backend.localize(rgb, frame.camera, timestamp=frame.stamp)
-        except VlocError as e:
-            c.inc("errors")
-            self._throttle.warning(f"backend:{e}", "localization failed: %s", e)
-            return
-        if not res.accepted or res.cam_from_world is None:
-            c.inc("rejected")
-            log.info("frame %.6f not localized: %s", frame.stamp, res.reason)
-            return
-        map_from_base = map_from_base_from_camera(res.world_from_cam, self.base_from_camera)
-        cov = (UNKNOWN_COVARIANCE if res.covariance is None or not np.all(np.isfinite(res.covariance))
-               else ros_pose_covariance(res.cam_from_world, res.covariance, self.base_from_camera))
-        f = cfg.frames
-        self._dds["pose_out"].write(pose_message(frame.ros_stamp, f.map, map_from_base, cov))
-        c.inc("localized")
-        log.debug("frame %.6f: base at %s in %s (%d inliers)", frame.stamp, np.round(map_from_base.translation, 3),
-                  f.map, res.num_inliers)
-        if not cfg.publish_tf:
-            return
-        odom = self.odom.lookup(frame.stamp)
-        if odom is None:
-            c.inc("missing_odom")
-            self._throttle.warning("odom", "no %s->%s on %s near stamp %.3f (latest %s): publishing the pose only, "
-                                   "no %s->%s", f.odom, f.base_link, cfg.tf_topic, frame.stamp,
-                                   self.odom.latest_stamp, f.map, f.odom)
-            return
-        map_from_odom_ = map_from_odom(map_from_base, odom.odom_from_base)
-        self._dds["tf_out"].write(msgs.TFMessage(transforms=[transform_stamped(frame.ros_stamp, f.map, f.odom,
-                                                                               map_from_odom_)]))
-        c.inc("tf_published")
+        f = self.cfg.frames
+        self._dds["pose_out"].write(pose_message(frame.ros_stamp, f.map, out.map_from_base, out.covariance))
+        if out.odom is not None:
+            map_from_odom_ = map_from_odom(out.map_from_base, out.odom.odom_from_base)
+            self._dds["tf_out"].write(msgs.TFMessage(transforms=[transform_stamped(frame.ros_stamp, f.map, f.odom,
+                                                                                   map_from_odom_)]))
+            self.counters.inc("tf_published")
 
 
 # --- entry points ----------------------------------------------------------------------------
