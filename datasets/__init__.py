@@ -1,1 +1,2 @@
 """vloc stage: datasets."""
+import vloc  # noqa: F401  (thread settings before numpy / torch load: vloc.threads)

@@ -1,1 +1,2 @@
 """vloc stage: robots."""
+import vloc  # noqa: F401  (thread settings before numpy / torch load: vloc.threads)
