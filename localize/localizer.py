@@ -68,10 +68,7 @@ def match_to_points(query_desc: torch.Tensor, map_desc: torch.Tensor, obs_point:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # Candidate search in the map's storage precision (bf16 on CPU/GPU), exact scores in float32.
     sim = query_desc.to(map_desc.dtype) @ map_desc.T
-    j1 = sim.max(dim=1).indices  # max(): vectorised for bf16, unlike argmax()
-    rows = torch.arange(len(j1))
-    sim[rows, j1] = -2.0
-    j2 = sim.max(dim=1).indices
+    j1, j2 = sim.topk(2, dim=1).indices.unbind(1)  # best and second best in one pass
     q32 = query_desc.float()
     s1 = (q32 * map_desc[j1].float()).sum(dim=1)
     s2 = (q32 * map_desc[j2].float()).sum(dim=1)

@@ -50,20 +50,28 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutua
     b = torch.as_tensor(d2, dtype=torch.float32)
     # Candidates from a bf16 GEMM (fast on AVX512-BF16 CPUs and GPUs); exact float32 scores after.
     sim = a.to(torch.bfloat16) @ b.to(torch.bfloat16).T
-    back = sim.max(dim=0).indices if mutual else None
-    best = sim.max(dim=1).indices
+    best, second = sim.topk(2, dim=1).indices.unbind(1)   # one pass over the rows
     rows = torch.arange(len(a), device=sim.device)
-    sim[rows, best] = -2.0
-    second = sim.max(dim=1).indices
     s_best = (a * b[best]).sum(dim=1)
     s_second = (a * b[second]).sum(dim=1)
     dist_best = torch.sqrt(torch.clamp(2 - 2 * s_best, min=0))
     dist_second = torch.sqrt(torch.clamp(2 - 2 * s_second, min=0))
     keep = dist_best <= ratio * dist_second
     if mutual:
-        keep &= back[best] == rows
-    i1 = torch.nonzero(keep).squeeze(1)
-    return torch.stack([i1, best[i1]], dim=1).cpu().numpy().astype(np.int64)
+        # row i's best column j is mutual when no other row scores higher on j: compare with the
+        # column maxima (amax over dim 0 is ~10x cheaper than max-with-indices there); rows tied
+        # in bf16 on one column are resolved below by their exact score
+        keep &= sim[rows, best] >= sim.amax(dim=0)[best]
+    i1 = torch.nonzero(keep).squeeze(1).cpu().numpy()
+    j1 = best.cpu().numpy()[i1]
+    if mutual and len(i1):
+        order = np.lexsort((-s_best.cpu().numpy()[i1], j1))   # per column, the best exact score first
+        i1, j1 = i1[order], j1[order]
+        first = np.r_[True, j1[1:] != j1[:-1]]
+        i1, j1 = i1[first], j1[first]
+        srt = np.argsort(i1)
+        i1, j1 = i1[srt], j1[srt]
+    return np.stack([i1, j1], axis=1).astype(np.int64)
 
 
 def skew(v: np.ndarray) -> np.ndarray:
