@@ -28,7 +28,7 @@ the order the frames were sent:
   (bad header, bad image, camera mismatch, ...). The session goes on.
 
 Tracking: the last accepted pose and a constant-velocity model give each next frame a
-:class:`localize.PosePrior` that narrows retrieval (:mod:`api.tracking`); after
+:class:`localize.PosePrior` that narrows retrieval (:mod:`localize.tracking`); after
 ``stream_lost_after`` consecutive rejections the session is lost and searches globally; a
 switch of the map's active version (hot swap) also starts the motion model afresh.
 
@@ -55,7 +55,7 @@ from api.auth import authenticate, authorize_map, token_from_headers
 from api.errors import ApiError, describe_errors
 from api.models import CameraIn, PriorIn, StreamFrameMeta
 from api.service import Service, StaleFrame
-from api.tracking import Tracker
+from localize.tracking import Tracker
 
 log = logging.getLogger("vloc.api.stream")
 router = APIRouter()

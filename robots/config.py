@@ -173,6 +173,13 @@ class BridgeConfig(_Strict):
     publish_tf: bool = True
     #: odom -> base_link samples may be held this long (seconds) beyond the buffered span.
     odom_max_age_s: float = Field(0.25, ge=0)
+    #: the last accepted pose + constant velocity is the next frame's prior (tracking: narrower
+    #: retrieval and the localizer's cheaper first attempt); 0 turns it off.
+    prior_sigma_m: float = Field(0.3, ge=0)
+    #: consecutive rejections after which the bridge searches the whole map again.
+    prior_lost_after: int = Field(3, ge=1)
+    #: no prior when the last accepted pose is older than this, seconds.
+    prior_max_gap_s: float = Field(5.0, gt=0)
     #: seconds between counter logs; 0: only at exit.
     stats_interval_s: float = Field(30.0, ge=0)
     #: DDS participant.

@@ -136,49 +136,66 @@ class Localized:
     odom: object | None   # the robot's OdomLookup at the image stamp, or None
 
 
-def localize_frame(frame: PendingFrame, now_s: float, cfg, backend, base_from_camera, odom_buffer,
-                   counters: Counters, throttle: Throttled) -> Localized | None:
-    """The transport-independent part of handling one frame: stale check (``cfg.max_age_s`` against
-    ``now_s``, the transport's clock), decoding, localization, the pose of base_link in map with
-    its covariance in ROS order, and the odometry at the image stamp. Counts and logs every
-    outcome; returns None when nothing is to be published."""
-    from robots.transforms import map_from_base_from_camera, ros_pose_covariance
-    from vloc.types import VlocError
+class FramePipeline:
+    """The transport-independent handling of one frame, shared by the ROS 1 and ROS 2 bridges:
+    stale check (``cfg.max_age_s`` against the transport's clock), decoding, localization with
+    the robot's motion prior (:class:`localize.tracking.Tracker`), the pose of base_link in map
+    with its covariance in ROS order, and the odometry at the image stamp. Counts and logs
+    every outcome. Called from the bridge's single worker thread."""
 
-    if cfg.max_age_s > 0:
-        age = now_s - frame.stamp
-        if age > cfg.max_age_s:
-            counters.inc("dropped_stale")
-            throttle.warning("stale", "dropping a frame %.2f s old (max_age_s %.2f; clocks in sync? 0 disables "
-                                      "the check)", age, cfg.max_age_s)
+    def __init__(self, cfg, backend, base_from_camera, odom_buffer, counters: Counters,
+                 throttle: Throttled) -> None:
+        from localize.tracking import Tracker
+        self.cfg, self.backend, self.base_from_camera, self.odom = cfg, backend, base_from_camera, odom_buffer
+        self.counters, self.throttle = counters, throttle
+        self.tracker = (Tracker(cfg.prior_sigma_m, cfg.prior_lost_after, cfg.prior_max_gap_s)
+                        if cfg.prior_sigma_m > 0 else None)
+
+    def __call__(self, frame: PendingFrame, now_s: float) -> Localized | None:
+        """The frame's outputs, or None when nothing is to be published."""
+        from robots.transforms import map_from_base_from_camera, ros_pose_covariance
+        from vloc.types import VlocError
+
+        cfg, counters, throttle = self.cfg, self.counters, self.throttle
+        if cfg.max_age_s > 0:
+            age = now_s - frame.stamp
+            if age > cfg.max_age_s:
+                counters.inc("dropped_stale")
+                throttle.warning("stale", "dropping a frame %.2f s old (max_age_s %.2f; clocks in sync? 0 disables "
+                                          "the check)", age, cfg.max_age_s)
+                return None
+        try:
+            rgb = decode_frame(frame.msg, cfg.compressed)
+            if rgb.shape[:2] != (frame.camera.height, frame.camera.width):
+                raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says "
+                                 f"{frame.camera.width}x{frame.camera.height}")
+        except ImageError as e:
+            n = counters.inc("malformed")
+            log.warning("skipped image #%d (stamp %.6f): %s", n, frame.stamp, e)
             return None
-    try:
-        rgb = decode_frame(frame.msg, cfg.compressed)
-        if rgb.shape[:2] != (frame.camera.height, frame.camera.width):
-            raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but CameraInfo says "
-                             f"{frame.camera.width}x{frame.camera.height}")
-    except ImageError as e:
-        n = counters.inc("malformed")
-        log.warning("skipped image #%d (stamp %.6f): %s", n, frame.stamp, e)
-        return None
-    try:
-        res = backend.localize(rgb, frame.camera, timestamp=frame.stamp)
-    except VlocError as e:
-        counters.inc("errors")
-        throttle.warning(f"backend:{e}", "localization failed: %s", e)
-        return None
-    if not res.accepted or res.cam_from_world is None:
-        counters.inc("rejected")
-        log.info("frame %.6f not localized: %s", frame.stamp, res.reason)
-        return None
-    map_from_base = map_from_base_from_camera(res.world_from_cam, base_from_camera)
-    cov = (UNKNOWN_COVARIANCE if res.covariance is None or not np.all(np.isfinite(res.covariance))
-           else ros_pose_covariance(res.cam_from_world, res.covariance, base_from_camera))
-    counters.inc("localized")
-    odom = odom_buffer.lookup(frame.stamp) if cfg.publish_tf else None
-    if cfg.publish_tf and odom is None:
-        counters.inc("missing_odom")
-        f = cfg.frames
-        throttle.warning("odom", "no %s->%s on %s near stamp %.3f (latest %s): publishing the pose only, no %s->%s",
-                         f.odom, f.base_link, cfg.tf_topic, frame.stamp, odom_buffer.latest_stamp, f.map, f.odom)
-    return Localized(map_from_base, cov, odom)
+        prior = self.tracker.prior(frame.stamp) if self.tracker is not None else None
+        try:
+            res = self.backend.localize(rgb, frame.camera, prior=prior, timestamp=frame.stamp)
+        except VlocError as e:
+            counters.inc("errors")
+            throttle.warning(f"backend:{e}", "localization failed: %s", e)
+            return None
+        if self.tracker is not None:
+            self.tracker.update(frame.stamp, res.accepted,
+                                res.world_from_cam.translation if res.accepted and res.cam_from_world else None)
+        if not res.accepted or res.cam_from_world is None:
+            counters.inc("rejected")
+            log.info("frame %.6f not localized: %s", frame.stamp, res.reason)
+            return None
+        map_from_base = map_from_base_from_camera(res.world_from_cam, self.base_from_camera)
+        cov = (UNKNOWN_COVARIANCE if res.covariance is None or not np.all(np.isfinite(res.covariance))
+               else ros_pose_covariance(res.cam_from_world, res.covariance, self.base_from_camera))
+        counters.inc("localized")
+        odom = self.odom.lookup(frame.stamp) if cfg.publish_tf else None
+        if cfg.publish_tf and odom is None:
+            counters.inc("missing_odom")
+            f = cfg.frames
+            throttle.warning("odom", "no %s->%s on %s near stamp %.3f (latest %s): publishing the pose only, "
+                                     "no %s->%s", f.odom, f.base_link, cfg.tf_topic, frame.stamp,
+                             self.odom.latest_stamp, f.map, f.odom)
+        return Localized(map_from_base, cov, odom)

@@ -16,7 +16,7 @@ from api.app import create_app
 from api.settings import Settings
 from api.testing import LiveServer, encode_image, shared_test_map, stream_frame
 from datasets.synthetic import DEFAULT_CAMERA
-from api.tracking import Tracker
+from localize.tracking import Tracker
 from localize import LocalizerConfig
 
 pytestmark = pytest.mark.timeout(300)

@@ -30,7 +30,8 @@ import numpy as np
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
 from robots.images import ImageError, camera_from_info_msg
-from robots.pipeline import Counters, LatestSlot, PendingFrame, RateGate, Throttled, check_frame, localize_frame
+from robots.pipeline import (Counters, FramePipeline, LatestSlot, PendingFrame, RateGate, Throttled,
+                             check_frame)
 from robots.transforms import OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros
 from vloc.camera import Camera
 from vloc.geometry import Rigid3
@@ -83,6 +84,8 @@ class Ros1Bridge:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._throttle = Throttled()
+        self._pipeline = FramePipeline(cfg, backend, self.base_from_camera, self.odom, self.counters,
+                                       self._throttle)
         self._ros: dict = {}
 
     # lifecycle -------------------------------------------------------------------------------
@@ -219,8 +222,7 @@ class Ros1Bridge:
 
     def _process(self, frame: PendingFrame) -> None:
         r = self._ros
-        out = localize_frame(frame, r["rospy"].get_time(), self.cfg, self.backend, self.base_from_camera, self.odom,
-                             self.counters, self._throttle)
+        out = self._pipeline(frame, r["rospy"].get_time())
         if out is None:
             return
         f, stamp = self.cfg.frames, r["rospy"].Time(*frame.ros_stamp)

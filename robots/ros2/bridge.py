@@ -32,7 +32,8 @@ import numpy as np
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
 from robots.images import ImageError, camera_from_info_msg
-from robots.pipeline import Counters, LatestSlot, PendingFrame, RateGate, Throttled, check_frame, localize_frame
+from robots.pipeline import (Counters, FramePipeline, LatestSlot, PendingFrame, RateGate, Throttled,
+                             check_frame)
 from robots.ros2 import msgs
 from robots.transforms import (OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros, seconds_to_stamp,
                                stamp_to_seconds)
@@ -110,6 +111,8 @@ class Ros2Bridge:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._throttle = Throttled()
+        self._pipeline = FramePipeline(cfg, backend, self.base_from_camera, self.odom, self.counters,
+                                       self._throttle)
         self._dds: dict = {}
 
     # lifecycle -------------------------------------------------------------------------------
@@ -288,8 +291,7 @@ class Ros2Bridge:
                 log.exception("error processing the frame of stamp %.6f", frame.stamp)
 
     def _process(self, frame: PendingFrame) -> None:
-        out = localize_frame(frame, time.time(), self.cfg, self.backend, self.base_from_camera, self.odom,
-                             self.counters, self._throttle)
+        out = self._pipeline(frame, time.time())
         if out is None:
             return
         f = self.cfg.frames

@@ -1,4 +1,5 @@
-"""Per-session motion prior for streaming: last accepted pose + constant velocity -> PosePrior.
+"""Per-robot motion prior (the service's streams, the robot bridges): last accepted pose +
+constant velocity -> PosePrior.
 
 Positions are camera centres in the map frame (metres), times in seconds. After an accepted
 frame the next frame's prior is the last centre moved by the velocity estimated from the two
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from localize import PosePrior
+from localize.result import PosePrior
 
 
 @dataclass
