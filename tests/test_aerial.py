@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from datasets.world import (GROUND_CAMERA, cast_vertical, generate_world, render_orthophoto, utm_crs,
                             write_ground_dataset, write_orthophoto)
-from mapping.aerial import (AerialConfig, Raster, Similarity2D, apply_affine, apply_vertical, fuse_bundle,
-                            ground_mask, load_map_points, match_patches, read_raster, refine_georeference,
-                            register_to_ortho, render_topdown, reproject_raster, sample_raster, tile_raster)
+from mapping.aerial import (AerialConfig, Similarity2D, apply_vertical, fuse_bundle, ground_mask, load_map_points,
+                            match_patches, refine_georeference, register_to_ortho, render_topdown)
+from mapping.raster import Raster, apply_affine, read_raster, reproject_raster, sample_raster, tile_raster
 from mapping.build import BuildConfig, build_map
 from mapping.bundle import read_manifest, update_bundle, verify_files
 from mapping.features import SiftConfig

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from pyproj import Transformer
 
-from mapping.aerial import apply_affine, read_raster, reproject_raster, sample_raster, tile_raster
+from mapping.raster import apply_affine, read_raster, reproject_raster, sample_raster, tile_raster
 from conftest import shared_dataset
 
 pytestmark = pytest.mark.realdata
