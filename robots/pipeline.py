@@ -150,6 +150,42 @@ class FramePipeline:
         self.counters, self.throttle = counters, throttle
         self.tracker = (Tracker(cfg.prior_sigma_m, cfg.prior_lost_after, cfg.prior_max_gap_s)
                         if cfg.prior_sigma_m > 0 else None)
+        self.gate = RateGate(cfg.max_rate_hz)
+        self.slot = LatestSlot()
+        self._warned_no_info = False
+
+    # transport thread ---------------------------------------------------------------------------
+    def admit(self, msg, stamp: float, ros_stamp: tuple[int, int], camera: Camera | None) -> None:
+        """Hand a checked frame to the worker (newest wins), unless no CameraInfo has arrived yet
+        (one clear warning) or the rate limit refuses it. Never blocks."""
+        c = self.counters
+        if camera is None:
+            c.inc("no_camera_info")
+            if not self._warned_no_info:
+                self._warned_no_info = True
+                log.warning("frames arrive on %s but no CameraInfo has arrived on %s: frames are dropped until "
+                            "it does (check the camera_info topic name and its QoS)", self.cfg.image_topic,
+                            self.cfg.camera_info_topic)
+            return
+        if not self.gate.allow(time.monotonic()):
+            c.inc("dropped_rate")
+            return
+        if self.slot.put(PendingFrame(msg, stamp, ros_stamp, camera)) is not None:
+            c.inc("dropped_stale")  # superseded while the worker was busy
+
+    # worker thread ------------------------------------------------------------------------------
+    def work(self, stop: threading.Event, process) -> None:
+        """The worker loop: ``process(frame)`` for each newest frame until ``stop``; a failure is
+        counted and logged, never fatal."""
+        while not stop.is_set():
+            frame = self.slot.take(0.5)
+            if frame is None:
+                continue
+            try:
+                process(frame)
+            except Exception:
+                self.counters.inc("errors")
+                log.exception("error processing the frame of stamp %.6f", frame.stamp)
 
     def __call__(self, frame: PendingFrame, now_s: float) -> Localized | None:
         """The frame's outputs, or None when nothing is to be published."""

@@ -30,8 +30,7 @@ import numpy as np
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
 from robots.images import ImageError, camera_from_info_msg
-from robots.pipeline import (Counters, FramePipeline, LatestSlot, PendingFrame, RateGate, Throttled,
-                             check_frame)
+from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled, check_frame
 from robots.transforms import OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros
 from vloc.camera import Camera
 from vloc.geometry import Rigid3
@@ -78,9 +77,6 @@ class Ros1Bridge:
         self.odom = OdomBuffer(max_age_s=cfg.odom_max_age_s)
         self._camera: Camera | None = None
         self._camera_key: tuple | None = None
-        self._warned_no_info = False
-        self._gate = RateGate(cfg.max_rate_hz)
-        self._slot = LatestSlot()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._throttle = Throttled()
@@ -110,7 +106,8 @@ class Ros1Bridge:
             rospy.Subscriber(c.image_topic, image_type, self._guard(self._on_image), queue_size=2,
                              buff_size=1 << 25),
         ]
-        self._worker = threading.Thread(target=self._work_loop, name="vloc-ros1-worker", daemon=True)
+        self._worker = threading.Thread(target=self._pipeline.work, args=(self._stop, self._process),
+                                        name="vloc-ros1-worker", daemon=True)
         self._worker.start()
         log.info("ROS 1 bridge %s: %s %s + %s -> %s%s (%s)", rospy.get_name(),
                  "CompressedImage" if c.compressed else "Image", c.image_topic, c.camera_info_topic, c.pose_topic,
@@ -120,7 +117,7 @@ class Ros1Bridge:
     def stop(self) -> dict[str, int]:
         """Stop the worker, unregister, shut the node down; log and return the counters."""
         self._stop.set()
-        self._slot.close()
+        self._pipeline.slot.close()
         if self._worker is not None:
             self._worker.join(30)
         r = self._ros
@@ -195,31 +192,9 @@ class Ros1Bridge:
             n = c.inc("malformed")
             log.warning("skipped image #%d on %s (stamp %d.%09d): %s", n, self.cfg.image_topic, st.secs, st.nsecs, e)
             return
-        if camera is None:
-            c.inc("no_camera_info")
-            if not self._warned_no_info:
-                self._warned_no_info = True
-                log.warning("frames arrive on %s but no CameraInfo has arrived on %s: frames are dropped "
-                            "until it does", self.cfg.image_topic, self.cfg.camera_info_topic)
-            return
-        if not self._gate.allow(time.monotonic()):
-            c.inc("dropped_rate")
-            return
-        if self._slot.put(PendingFrame(m, st.to_sec(), (st.secs, st.nsecs), camera)) is not None:
-            c.inc("dropped_stale")  # superseded while the worker was busy
+        self._pipeline.admit(m, st.to_sec(), (st.secs, st.nsecs), camera)
 
     # worker ----------------------------------------------------------------------------------
-    def _work_loop(self) -> None:
-        while not self._stop.is_set():
-            frame = self._slot.take(0.5)
-            if frame is None:
-                continue
-            try:
-                self._process(frame)
-            except Exception:
-                self.counters.inc("errors")
-                log.exception("error processing the frame of stamp %.6f", frame.stamp)
-
     def _process(self, frame: PendingFrame) -> None:
         r = self._ros
         out = self._pipeline(frame, r["rospy"].get_time())

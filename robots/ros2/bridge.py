@@ -32,8 +32,7 @@ import numpy as np
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
 from robots.images import ImageError, camera_from_info_msg
-from robots.pipeline import (Counters, FramePipeline, LatestSlot, PendingFrame, RateGate, Throttled,
-                             check_frame)
+from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled, check_frame
 from robots.ros2 import msgs
 from robots.transforms import (OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros, seconds_to_stamp,
                                stamp_to_seconds)
@@ -105,9 +104,6 @@ class Ros2Bridge:
         self.odom = OdomBuffer(max_age_s=cfg.odom_max_age_s)
         self._camera: Camera | None = None
         self._camera_key: tuple | None = None
-        self._warned_no_info = False
-        self._gate = RateGate(cfg.max_rate_hz)
-        self._slot = LatestSlot()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._throttle = Throttled()
@@ -126,7 +122,8 @@ class Ros2Bridge:
             raise VlocError(f"cannot start DDS on domain {self.cfg.dds.domain_id} (check dds.interface / "
                             f"dds.cyclonedds_xml): {e}") from None
         self._threads = [threading.Thread(target=self._receive_loop, name="vloc-ros2-dds", daemon=True),
-                         threading.Thread(target=self._work_loop, name="vloc-ros2-worker", daemon=True)]
+                         threading.Thread(target=self._pipeline.work, args=(self._stop, self._process),
+                                          name="vloc-ros2-worker", daemon=True)]
         for t in self._threads:
             t.start()
         c = self.cfg
@@ -167,7 +164,7 @@ class Ros2Bridge:
     def stop(self) -> dict[str, int]:
         """Stop the threads, delete the DDS entities, log and return the counters."""
         self._stop.set()
-        self._slot.close()
+        self._pipeline.slot.close()
         if "guard" in self._dds:
             self._dds["guard"].set(True)
         for t in self._threads:
@@ -262,34 +259,10 @@ class Ros2Bridge:
             log.warning("skipped image #%d on %s (stamp %d.%09d): %s", n, self.cfg.image_topic,
                         m.header.stamp.sec, m.header.stamp.nanosec, e)
             return
-        if camera is None:
-            c.inc("no_camera_info")
-            if not self._warned_no_info:
-                self._warned_no_info = True
-                log.warning("frames arrive on %s but no CameraInfo has arrived on %s: frames are dropped "
-                            "until it does (check the camera_info topic name and its QoS)",
-                            self.cfg.image_topic, self.cfg.camera_info_topic)
-            return
-        if not self._gate.allow(time.monotonic()):
-            c.inc("dropped_rate")
-            return
         st = m.header.stamp
-        if self._slot.put(PendingFrame(m, stamp_to_seconds(st.sec, st.nanosec), (st.sec, st.nanosec), camera)) \
-                is not None:
-            c.inc("dropped_stale")  # superseded while the worker was busy
+        self._pipeline.admit(m, stamp_to_seconds(st.sec, st.nanosec), (st.sec, st.nanosec), camera)
 
     # worker ----------------------------------------------------------------------------------
-    def _work_loop(self) -> None:
-        while not self._stop.is_set():
-            frame = self._slot.take(0.5)
-            if frame is None:
-                continue
-            try:
-                self._process(frame)
-            except Exception:
-                self.counters.inc("errors")
-                log.exception("error processing the frame of stamp %.6f", frame.stamp)
-
     def _process(self, frame: PendingFrame) -> None:
         out = self._pipeline(frame, time.time())
         if out is None:
