@@ -153,8 +153,30 @@ class FramePipeline:
         self.gate = RateGate(cfg.max_rate_hz)
         self.slot = LatestSlot()
         self._warned_no_info = False
+        #: the camera of the latest usable CameraInfo (None until one arrives).
+        self.camera: Camera | None = None
+        self._camera_key: tuple | None = None
 
     # transport thread ---------------------------------------------------------------------------
+    def camera_info(self, msg) -> None:
+        """Take the camera from a CameraInfo message (ROS 1 or ROS 2 field names) when it changed;
+        an unusable one is counted as malformed and logged."""
+        from robots.images import camera_from_info_msg
+        k, d = (msg.k, msg.d) if hasattr(msg, "k") else (msg.K, msg.D)
+        key = (msg.width, msg.height, msg.distortion_model, tuple(d), tuple(k), msg.binning_x, msg.binning_y,
+               msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height)
+        if key == self._camera_key:
+            return
+        try:
+            cam = camera_from_info_msg(msg)
+        except ImageError as e:
+            self.counters.inc("malformed")
+            self.throttle.warning(f"info:{e}", "unusable CameraInfo on %s: %s", self.cfg.camera_info_topic, e)
+            return
+        first = self.camera is None
+        self.camera, self._camera_key = cam, key
+        log.info("%s camera from CameraInfo: %s", "using" if first else "camera changed, now", cam)
+
     def admit(self, msg, stamp: float, ros_stamp: tuple[int, int], camera: Camera | None) -> None:
         """Hand a checked frame to the worker (newest wins), unless no CameraInfo has arrived yet
         (one clear warning) or the rate limit refuses it. Never blocks."""

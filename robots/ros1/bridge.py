@@ -29,10 +29,9 @@ import numpy as np
 
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
-from robots.images import ImageError, camera_from_info_msg
+from robots.images import ImageError
 from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled, check_frame
 from robots.transforms import OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros
-from vloc.camera import Camera
 from vloc.geometry import Rigid3
 from vloc.types import VlocError
 
@@ -75,8 +74,6 @@ class Ros1Bridge:
         self.counters = Counters()
         self.base_from_camera = cfg.base_from_camera.base_from_optical()
         self.odom = OdomBuffer(max_age_s=cfg.odom_max_age_s)
-        self._camera: Camera | None = None
-        self._camera_key: tuple | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._throttle = Throttled()
@@ -155,19 +152,7 @@ class Ros1Bridge:
         return wrapped
 
     def _on_camera_info(self, m) -> None:
-        key = (m.width, m.height, m.distortion_model, tuple(m.D), tuple(m.K), m.binning_x, m.binning_y,
-               m.roi.x_offset, m.roi.y_offset, m.roi.width, m.roi.height)
-        if key == self._camera_key:
-            return
-        try:
-            cam = camera_from_info_msg(m)
-        except ImageError as e:
-            self.counters.inc("malformed")
-            self._throttle.warning(f"info:{e}", "unusable CameraInfo on %s: %s", self.cfg.camera_info_topic, e)
-            return
-        first = self._camera is None
-        self._camera, self._camera_key = cam, key
-        log.info("%s camera from CameraInfo: %s", "using" if first else "camera changed, now", cam)
+        self._pipeline.camera_info(m)
 
     def _on_tf(self, m) -> None:
         f = self.cfg.frames
@@ -184,7 +169,7 @@ class Ros1Bridge:
     def _on_image(self, m) -> None:
         c = self.counters
         c.inc("received")
-        camera = self._camera
+        camera = self._pipeline.camera
         st = m.header.stamp
         try:
             check_frame(m, self.cfg.compressed, camera)

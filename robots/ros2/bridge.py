@@ -31,12 +31,11 @@ import numpy as np
 
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
-from robots.images import ImageError, camera_from_info_msg
+from robots.images import ImageError
 from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled, check_frame
 from robots.ros2 import msgs
 from robots.transforms import (OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros, seconds_to_stamp,
                                stamp_to_seconds)
-from vloc.camera import Camera
 from vloc.geometry import Rigid3
 from vloc.types import VlocError
 
@@ -87,11 +86,6 @@ def _frame(name: str) -> str:
     return name.lstrip("/")
 
 
-def camera_from_msg(m: msgs.CameraInfo) -> Camera:
-    """sensor_msgs/CameraInfo -> Camera (ImageError when unusable)."""
-    return camera_from_info_msg(m)
-
-
 # --- the bridge ------------------------------------------------------------------------------
 class Ros2Bridge:
     """The live bridge: ``start()``, then ``stop()`` (or ``run(stop_event)``). ``counters`` while running."""
@@ -102,8 +96,6 @@ class Ros2Bridge:
         self.counters = Counters()
         self.base_from_camera = cfg.base_from_camera.base_from_optical()
         self.odom = OdomBuffer(max_age_s=cfg.odom_max_age_s)
-        self._camera: Camera | None = None
-        self._camera_key: tuple | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._throttle = Throttled()
@@ -222,19 +214,7 @@ class Ros2Bridge:
                         log.exception("error handling a message")
 
     def _on_camera_info(self, m: msgs.CameraInfo) -> None:
-        key = (m.width, m.height, m.distortion_model, tuple(m.d), tuple(m.k), m.binning_x, m.binning_y,
-               m.roi.x_offset, m.roi.y_offset, m.roi.width, m.roi.height)
-        if key == self._camera_key:
-            return
-        try:
-            cam = camera_from_msg(m)
-        except ImageError as e:
-            self.counters.inc("malformed")
-            self._throttle.warning(f"info:{e}", "unusable CameraInfo on %s: %s", self.cfg.camera_info_topic, e)
-            return
-        first = self._camera is None
-        self._camera, self._camera_key = cam, key
-        log.info("%s camera from CameraInfo: %s", "using" if first else "camera changed, now", cam)
+        self._pipeline.camera_info(m)
 
     def _on_tf(self, m: msgs.TFMessage) -> None:
         f = self.cfg.frames
@@ -251,7 +231,7 @@ class Ros2Bridge:
     def _on_image(self, m) -> None:
         c = self.counters
         c.inc("received")
-        camera = self._camera
+        camera = self._pipeline.camera
         try:
             check_frame(m, self.cfg.compressed, camera)
         except ImageError as e:
