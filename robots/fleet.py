@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from api.bench_serve import GOOD_R_DEG, GOOD_T_M  # one definition of a "right" pose
 from vloc.geometry import Rigid3, pose_error
 from vloc.progress import QUIET, Reporter
 from vloc.stats import latency_stats
@@ -44,7 +45,6 @@ from vloc.types import VlocError
 
 #: default real-data scene (relative to the repository's parent, like tests' shared datasets).
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "7scenes-redkitchen"
-from api.bench_serve import GOOD_R_DEG, GOOD_T_M  # noqa: E402  (one definition of a "right" pose)
 
 
 @dataclass(frozen=True)
