@@ -134,7 +134,15 @@ def info(bundle: Path = typer.Argument(..., help="bundle directory"),
         t.add_row("points3D", f"{s['n_points3D']} (mean track {s['mean_track_length']:.2f})")
         t.add_row("reprojection", f"median {s['reprojection_error_px']['median']:.3f} px, "
                                   f"mean {s['reprojection_error_px']['mean']:.3f} px")
-        t.add_row("size", f"{s['bytes_on_disk'] / 1e6:.2f} MB ({s['bytes_per_image'] / 1e3:.0f} kB/image)")
+        t.add_row("size", f"{s['bytes_on_disk'] / 1e6:.2f} MB on disk (localization map "
+                          f"{s['bytes_per_image'] / 1e3:.0f} kB/image)")
+        if m.get("revision"):
+            t.add_row("revision", f"{m['revision']} (" + ", ".join(h["stage"] for h in m.get("history", [])) + ")")
+        if m.get("stages"):
+            t.add_row("job stages", ", ".join(f"{k} {v['key'][:12]}" for k, v in m["stages"].items()))
+        if m.get("layers"):
+            files = m["layers"].get("files", {})
+            t.add_row("layers", f"{len(files)} files: " + ", ".join(Path(f).name for f in files))
         if "georeference" in m:
             from mapping.georef_cli import georeference_rows
             for k, v in georeference_rows(m["georeference"]):

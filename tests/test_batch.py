@@ -175,6 +175,8 @@ layers:
     assert m["georeference"]["residuals"]["horizontal_m"]["median"] < 0.05
     assert any(f.startswith("layers/") for f in m["files"])
     assert run_batch(load_batch_config(job)) == {"build": "skipped", "georef": "skipped", "layers": "skipped"}
+    shown = runner.invoke(app, ["map", "info", str(bundle)]).output
+    assert "job stages" in shown and "occupancy_floor0.pgm" in shown and "revision" in shown
 
     # a changed GNSS file reruns georef and everything after it, not the build
     write_gnss(tmp_path / "gnss.csv", frames, yaw_deg=31.0)
