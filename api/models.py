@@ -55,6 +55,9 @@ class LocalizeMeta(Strict):
     prior: PriorIn | None = None
     robot_id: str | None = Field(None, max_length=128)
     timestamp: Finite | None = Field(None, description="capture time, Unix seconds (UTC)")
+    track: bool = Field(False, description="with robot_id: the server keeps this robot's last accepted pose as "
+                                           "the next frame's motion prior (like a stream session); "
+                                           "an explicit prior wins")
 
 
 class StreamFrameMeta(Strict):

@@ -1,6 +1,8 @@
 """``POST /v1/maps/{map_id}/localize``: one frame in, the core's result out."""
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +27,8 @@ ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 42
              responses=ERRORS, openapi_extra=_BODY, summary="Localize one frame in a map")
 async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> LocalizeResponse:
     """Multipart: ``image`` (JPEG/PNG file) and ``meta`` (JSON :class:`LocalizeMeta`: camera,
-    optional prior {position, sigma}, robot_id, timestamp). Returns the pose both ways
+    optional prior {position, sigma}, robot_id, timestamp, track: the server remembers the robot's
+    last pose as the next prior). Returns the pose both ways
     (cam_from_world, world_from_cam), covariance, inliers, accepted/reason and timings, and
     latitude/longitude/altitude/heading when the map is georeferenced."""
     service = request.app.state.vloc
@@ -42,6 +45,15 @@ async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> Lo
         meta = LocalizeMeta.model_validate_json(raw_meta)
     except ValidationError as e:
         raise ApiError(422, describe_errors(e.errors(include_input=False), "meta")) from None
-    out = await service.localize(map_id, image, meta.camera, meta.prior, "rest",
+    key = (map_id, meta.robot_id) if meta.track and meta.robot_id else None
+    t = meta.timestamp if meta.timestamp is not None else time.time()
+    prior = meta.prior
+    if prior is None and key is not None:
+        prior = service.robot_tracks.prior(key, t)
+    out = await service.localize(map_id, image, meta.camera, prior, "rest",
                                  {"robot_id": meta.robot_id, "timestamp": meta.timestamp})
+    if key is not None:
+        res = out.result
+        service.robot_tracks.update(key, t, out.payload["map_version"], res.accepted,
+                                    res.world_from_cam.translation if res.accepted and res.cam_from_world else None)
     return LocalizeResponse.model_validate(out.payload)

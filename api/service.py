@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from api.cache import LoadedMap, MapCache, load_map, prune_sidecars
+from api.robot_tracks import RobotTracks
 from api.errors import ApiError
 from api.limits import decode_image
 from api.metrics import Metrics
@@ -84,6 +85,8 @@ class Service:
         self.metrics.cache_budget_bytes.set(settings.cache_budget_bytes)
         self.localizer_config = cfg
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="vloc-worker")
+        self.robot_tracks = RobotTracks(settings.stream_prior_sigma_m, settings.stream_lost_after,
+                                        settings.stream_prior_max_gap_s)
         self._valid_bundles: set[tuple[str, str]] = set()
 
     async def run(self, fn, *args):

@@ -231,3 +231,15 @@ def test_tracker_constant_velocity_lost_and_gap():
     assert tr.state == "tracking" and np.allclose(tr.prior(3.5).position, [5, 5, 1])  # velocity restarts
     tr.reset()
     assert tr.state == "global" and tr.prior(3.6) is None
+
+
+def test_rest_robot_tracks_are_bounded_and_reset_on_a_new_version():
+    from api.robot_tracks import RobotTracks
+    tracks = RobotTracks(0.3, lost_after=2, max_gap_s=5.0, capacity=2)
+    tracks.update(("m", "a"), 0.0, "1", True, np.zeros(3))
+    assert tracks.prior(("m", "a"), 0.5) is not None and tracks.state(("m", "a")) == "tracking"
+    tracks.update(("m", "a"), 1.0, "2", False, None)     # another map version: the old motion is forgotten
+    assert tracks.prior(("m", "a"), 1.5) is None
+    tracks.update(("m", "b"), 0.0, "1", True, np.ones(3))
+    tracks.update(("m", "c"), 0.0, "1", True, np.ones(3))  # capacity 2: the least recent robot goes
+    assert tracks.state(("m", "a")) == "global" and tracks.prior(("m", "c"), 0.1) is not None

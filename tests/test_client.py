@@ -189,6 +189,20 @@ def test_localize_array_bytes_and_priors(svc, walk, tmap):
         assert c.localize("room", rgb, DEFAULT_CAMERA)["accepted"]
 
 
+def test_rest_robot_asking_for_tracking_gets_a_motion_prior(svc, walk):
+    with client(svc) as c:
+        # stateless by default: the same robot id alone keeps no state
+        plain = [c.localize("room", rgb, DEFAULT_CAMERA, robot_id="r-plain") for rgb, _ in walk[:2]]
+        assert not plain[1]["prior_used"]
+        tracked = [c.localize("room", rgb, DEFAULT_CAMERA, robot_id="r-track", track=True, timestamp=1000.0 + i)
+                   for i, (rgb, _) in enumerate(walk[:3])]
+        other = c.localize("room", walk[0][0], DEFAULT_CAMERA, robot_id="r-other", track=True, timestamp=1002.0)
+    assert [r["prior_used"] for r in tracked] == [False, True, True] and not other["prior_used"]
+    for r, (_, truth) in zip(tracked, walk):
+        assert r["accepted"] and np.linalg.norm(centre(r["world_from_cam"]) - truth.centre) < 0.02
+        assert r["robot_id"] == "r-track"
+
+
 def test_stream_sync(svc, walk):
     with client(svc) as c, c.stream("room") as s:
         for i, (rgb, _) in enumerate(walk[:2]):  # send both, then read: replies come in order

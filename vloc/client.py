@@ -253,7 +253,7 @@ class _Base:
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def _localize_parts(self, image, camera, prior, robot_id, timestamp) -> tuple[dict, dict]:
+    def _localize_parts(self, image, camera, prior, robot_id, timestamp, track=False) -> tuple[dict, dict]:
         data, mime = encode_image(image, self.image_format, self.jpeg_quality)
         meta: dict = {"camera": camera_json(camera)}
         p = prior_json(prior)
@@ -263,6 +263,8 @@ class _Base:
             meta["robot_id"] = str(robot_id)
         if timestamp is not None:
             meta["timestamp"] = float(timestamp)
+        if track:
+            meta["track"] = True
         name = "frame.png" if mime == "image/png" else "frame.jpg"
         return {"image": (name, data, mime)}, {"meta": json.dumps(meta)}
 
@@ -439,10 +441,11 @@ class VlocClient(_Shared):
 
     # localization ------------------------------------------------------------------------------
     def localize(self, map_id: str, image, camera, prior=None, robot_id: str | None = None,
-                 timestamp: float | None = None) -> dict:
+                 timestamp: float | None = None, track: bool = False) -> dict:
         """Localize one frame on the map's active version; returns the server's JSON (pose both
-        ways, covariance, ``accepted`` / ``reason``, inliers, timings, ...)."""
-        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp)
+        ways, covariance, ``accepted`` / ``reason``, inliers, timings, ...). ``track`` (with
+        ``robot_id``): the server keeps this robot's last pose as the next frame's prior."""
+        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp, track)
         return self._request("POST", _path(map_id, "localize"), files=files, data=data).json()
 
     @contextlib.contextmanager
@@ -591,8 +594,8 @@ class AsyncVlocClient(_Shared):
         return (await self._request("DELETE", f"/v1/keys/{quote(key_id, safe='')}")).json()
 
     async def localize(self, map_id: str, image, camera, prior=None, robot_id: str | None = None,
-                       timestamp: float | None = None) -> dict:
-        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp)
+                       timestamp: float | None = None, track: bool = False) -> dict:
+        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp, track)
         return (await self._request("POST", _path(map_id, "localize"), files=files, data=data)).json()
 
     @contextlib.asynccontextmanager
