@@ -80,6 +80,8 @@ class ServeBenchConfig:
     max_age_s: float | None = None
     #: server's stream_max_pending (None: its default): waiting frames per stream session.
     max_pending: int | None = None
+    #: REST robots ask the server to track them (``meta.track``): motion priors without a stream.
+    track: bool = False
     #: client timeout per request / stream reply, seconds.
     timeout_s: float = 30.0
     #: after the send window, how long to wait for the last answers, seconds.
@@ -385,7 +387,7 @@ def _fill(q: Query, reply: dict, truth) -> None:
 
 
 async def _rest_robot(i: int, client, map_id: str, frames: Sequence[QueryFrame], offset: int,
-                      times: Sequence[float], t0: float, out: list[Query]) -> None:
+                      times: Sequence[float], t0: float, out: list[Query], track: bool = False) -> None:
     from vloc.client import VlocClientError
     loop = asyncio.get_running_loop()
     k = 0
@@ -401,7 +403,8 @@ async def _rest_robot(i: int, client, map_id: str, frames: Sequence[QueryFrame],
         out.append(q)
         start = time.perf_counter()
         try:
-            reply = await client.localize(map_id, f.data, f.camera, robot_id=f"robot-{i}", timestamp=time.time())
+            reply = await client.localize(map_id, f.data, f.camera, robot_id=f"robot-{i}", timestamp=time.time(),
+                                          track=track)
             q.outcome = "ok"
             _fill(q, reply, f.truth)
         except VlocClientError as e:
@@ -502,7 +505,7 @@ async def _run_robots(url: str, key: str, ids: list[str], frames: list[QueryFram
             tasks = [_stream_robot(i, c, ids[i % len(ids)], frames, offsets[i], times[i], t0, out, cfg.drain_s)
                      for i, c in enumerate(clients)]
         else:
-            tasks = [_rest_robot(i, c, ids[i % len(ids)], frames, offsets[i], times[i], t0, out)
+            tasks = [_rest_robot(i, c, ids[i % len(ids)], frames, offsets[i], times[i], t0, out, cfg.track)
                      for i, c in enumerate(clients)]
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), cfg.seconds + cfg.drain_s + cfg.timeout_s + 10)
@@ -628,7 +631,8 @@ def markdown_table(res: dict) -> str:
             f"{res['mode'].upper()}, {res['n_maps']} map(s), "
             f"{c['workers']} server workers"
             + (f", max frame age {c['max_age_s']:g} s" if c.get("max_age_s") is not None else "")
-            + (f", {c['max_pending']} waiting frame(s) per session" if c.get("max_pending") is not None else ""),
+            + (f", {c['max_pending']} waiting frame(s) per session" if c.get("max_pending") is not None else "")
+            + (", REST with server-side tracking" if c.get("track") and not c["stream"] else ""),
             "",
             "| metric | value |", "|---|---|",
             f"| offered load | {res['offered_qps']:.1f} q/s |",

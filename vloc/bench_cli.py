@@ -119,6 +119,7 @@ def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
                                                   help="server max frame age, s (stale frames are dropped)"),
           max_pending: Optional[int] = typer.Option(None, "--max-pending", min=1,
                                                     help="server's waiting frames per stream session"),
+          track: bool = typer.Option(False, "--track", help="REST robots ask for server-side tracking"),
           workdir: Path = typer.Option(Path("bench-results/serve-cache"), "--workdir",
                                        help="cache of built maps and rendered frames (reruns skip them)"),
           json_out: Optional[Path] = typer.Option(Path("bench-results/serve.json"), "--json")) -> None:
@@ -126,7 +127,8 @@ def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
     from api.bench_serve import ServeBenchConfig, markdown_table, run_serve_bench
     from vloc.progress import Reporter
     cfg = ServeBenchConfig(robots=robots, hz=hz, seconds=seconds, stream=stream, maps=maps, cache_mb=cache_mb,
-                           workers=workers, max_age_s=max_age, max_pending=max_pending)
+                           workers=workers, max_age_s=max_age, max_pending=max_pending,
+                           track=track)
     res = run_serve_bench(cfg, None if maps else root, workdir, json_out, reporter=Reporter())
     print(markdown_table(res))
     if json_out:
