@@ -17,7 +17,8 @@ import numpy as np
 import open3d as o3d
 
 from mapping.bundle import read_manifest, update_bundle
-from mapping.layers.crs import crs_name, map_to_crs, projected_crs
+from mapping.georef import crs_id as crs_name, map_to_crs
+from mapping.layers.crs import projected_crs
 from mapping.layers.depth import DepthFrame, align_frames, backproject
 from mapping.layers.floors import FloorConfig, find_floors, level_from_map, up_axis
 from mapping.layers.footprint import footprint_geojson

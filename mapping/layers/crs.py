@@ -21,17 +21,7 @@ def projected_crs(spec: str | None, georef: Georeference) -> CRS:
     return crs
 
 
-def crs_name(crs: CRS) -> str:
-    """``EPSG:N`` when the CRS has an EPSG code, else its PROJ string."""
-    return _georef.crs_id(crs)
-
-
 def map_to_lonlat(points_map: np.ndarray, georef: Georeference) -> np.ndarray:
     """(N, 3) map-frame points -> (N, 3) WGS84 longitude, latitude (deg), ellipsoidal height (m)."""
     g = _georef.map_to_geodetic(points_map, georef)
     return g[:, [1, 0, 2]]
-
-
-def map_to_crs(points_map: np.ndarray, georef: Georeference, crs: CRS) -> np.ndarray:
-    """(N, 3) map-frame points -> (N, 3) easting, northing (CRS units), ellipsoidal height (m)."""
-    return _georef.map_to_crs(points_map, georef, crs)
