@@ -177,6 +177,29 @@ class FramePipeline:
         self.camera, self._camera_key = cam, key
         log.info("%s camera from CameraInfo: %s", "using" if first else "camera changed, now", cam)
 
+    def image(self, msg, ros_stamp: tuple[int, int]) -> None:
+        """An Image / CompressedImage message from the transport, stamped (sec, nanosec): counted,
+        checked cheaply (a malformed one is logged and skipped) and admitted."""
+        from robots.transforms import stamp_to_seconds
+        c = self.counters
+        c.inc("received")
+        try:
+            check_frame(msg, self.cfg.compressed, self.camera)
+        except ImageError as e:
+            n = c.inc("malformed")
+            log.warning("skipped image #%d on %s (stamp %d.%09d): %s", n, self.cfg.image_topic, *ros_stamp, e)
+            return
+        self.admit(msg, stamp_to_seconds(*ros_stamp), ros_stamp, self.camera)
+
+    def odometry(self, stamp_s: float, odom_from_base) -> None:
+        """An odom -> base_link sample; ``odom_from_base()`` builds it (ValueError: malformed, skipped)."""
+        try:
+            self.odom.add(stamp_s, odom_from_base())
+        except ValueError as e:
+            f = self.cfg.frames
+            self.counters.inc("malformed")
+            self.throttle.warning("tf", "skipped a malformed %s->%s transform: %s", f.odom, f.base_link, e)
+
     def admit(self, msg, stamp: float, ros_stamp: tuple[int, int], camera: Camera | None) -> None:
         """Hand a checked frame to the worker (newest wins), unless no CameraInfo has arrived yet
         (one clear warning) or the rate limit refuses it. Never blocks."""

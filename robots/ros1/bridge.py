@@ -29,8 +29,7 @@ import numpy as np
 
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
-from robots.images import ImageError
-from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled, check_frame
+from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled
 from robots.transforms import OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros
 from vloc.geometry import Rigid3
 from vloc.types import VlocError
@@ -160,24 +159,11 @@ class Ros1Bridge:
             if _frame(t.header.frame_id) != f.odom or _frame(t.child_frame_id) != f.base_link:
                 continue
             tr, q = t.transform.translation, t.transform.rotation
-            try:
-                self.odom.add(t.header.stamp.to_sec(), rigid_from_ros([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w]))
-            except ValueError as e:
-                self.counters.inc("malformed")
-                self._throttle.warning("tf", "skipped a malformed %s->%s transform: %s", f.odom, f.base_link, e)
+            self._pipeline.odometry(t.header.stamp.to_sec(),
+                                    lambda: rigid_from_ros([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w]))
 
     def _on_image(self, m) -> None:
-        c = self.counters
-        c.inc("received")
-        camera = self._pipeline.camera
-        st = m.header.stamp
-        try:
-            check_frame(m, self.cfg.compressed, camera)
-        except ImageError as e:
-            n = c.inc("malformed")
-            log.warning("skipped image #%d on %s (stamp %d.%09d): %s", n, self.cfg.image_topic, st.secs, st.nsecs, e)
-            return
-        self._pipeline.admit(m, st.to_sec(), (st.secs, st.nsecs), camera)
+        self._pipeline.image(m, (m.header.stamp.secs, m.header.stamp.nsecs))
 
     # worker ----------------------------------------------------------------------------------
     def _process(self, frame: PendingFrame) -> None:

@@ -31,8 +31,7 @@ import numpy as np
 
 from robots.backend import Backend, make_backend
 from robots.config import BridgeConfig, load_bridge_config
-from robots.images import ImageError
-from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled, check_frame
+from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled
 from robots.ros2 import msgs
 from robots.transforms import (OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros, seconds_to_stamp,
                                stamp_to_seconds)
@@ -221,26 +220,11 @@ class Ros2Bridge:
         for t in m.transforms:
             if _frame(t.header.frame_id) != f.odom or _frame(t.child_frame_id) != f.base_link:
                 continue
-            try:
-                self.odom.add(stamp_to_seconds(t.header.stamp.sec, t.header.stamp.nanosec),
-                              rigid_from_transform(t.transform))
-            except ValueError as e:
-                self.counters.inc("malformed")
-                self._throttle.warning("tf", "skipped a malformed %s->%s transform: %s", f.odom, f.base_link, e)
+            self._pipeline.odometry(stamp_to_seconds(t.header.stamp.sec, t.header.stamp.nanosec),
+                                    lambda: rigid_from_transform(t.transform))
 
     def _on_image(self, m) -> None:
-        c = self.counters
-        c.inc("received")
-        camera = self._pipeline.camera
-        try:
-            check_frame(m, self.cfg.compressed, camera)
-        except ImageError as e:
-            n = c.inc("malformed")
-            log.warning("skipped image #%d on %s (stamp %d.%09d): %s", n, self.cfg.image_topic,
-                        m.header.stamp.sec, m.header.stamp.nanosec, e)
-            return
-        st = m.header.stamp
-        self._pipeline.admit(m, stamp_to_seconds(st.sec, st.nanosec), (st.sec, st.nanosec), camera)
+        self._pipeline.image(m, (m.header.stamp.sec, m.header.stamp.nanosec))
 
     # worker ----------------------------------------------------------------------------------
     def _process(self, frame: PendingFrame) -> None:
