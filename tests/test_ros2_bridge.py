@@ -2,6 +2,7 @@
 test as the robot (camera, CameraInfo, odometry on /tf), checking poses and map->odom against truth."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -177,20 +178,35 @@ def check_pose(msg: msgs.PoseWithCovarianceStamped, cam_from_world_true: Rigid3)
     return got
 
 
+@contextlib.contextmanager
+def bridge_process(cfg: dict, tmp: Path, env: dict | None = None):
+    """``vloc robots ros2`` as a subprocess with this config; yields (process, log path); always
+    stopped (SIGINT, then kill) on exit."""
+    (tmp / "bridge.yaml").write_text(yaml.safe_dump(cfg))
+    log_path = tmp / "bridge.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "vloc.cli", "robots", "ros2", "--config", str(tmp / "bridge.yaml")],
+                                cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc, log_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
 def test_bridge_process_localizes_frames_over_dds(tmap, walk, tmp_path):
     domain = fresh_domain()
     cfg = {"backend": {"bundle": str(tmap.bundle)}, "image_topic": "/cam/image_raw",
            "camera_info_topic": "/cam/camera_info", "base_from_camera": EXTRINSIC, "max_rate_hz": 20,
            "max_age_s": 20, "stats_interval_s": 0, "dds": dds_settings(domain)}
-    (tmp_path / "bridge.yaml").write_text(yaml.safe_dump(cfg))
-    log_path = tmp_path / "bridge.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "vloc.cli", "robots", "ros2", "--config",
-                                 str(tmp_path / "bridge.yaml")], cwd=REPO, env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT)
     peer = None
-    try:
+    with bridge_process(cfg, tmp_path, {"OMP_NUM_THREADS": "1"}) as (proc, log_path):
         peer = Peer(domain)
         peer.wait_matched(120, proc)
         rgb0 = walk[0][0]
@@ -228,15 +244,7 @@ def test_bridge_process_localizes_frames_over_dds(tmap, walk, tmp_path):
             both = map_from_odom * odom_from_base   # REP-105: map->odom->base_link == the published pose
             np.testing.assert_allclose(both.translation, map_from_base.translation, atol=1e-6)
             np.testing.assert_allclose(both.rotation, map_from_base.rotation, atol=1e-6)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        del peer
+    peer = None  # the DDS participant goes before the next test
     log = log_path.read_text()
     assert proc.returncode == 0, log[-3000:]
     c = last_counters(log)
@@ -384,14 +392,8 @@ def test_bridge_process_localizes_the_shared_frames_over_dds(tmp_path_factory):
     cfg = {"backend": {"bundle": str(bundle)}, "image_topic": "/cam/image_raw", "camera_info_topic": "/cam/camera_info",
            "base_from_camera": EXTRINSIC, "max_rate_hz": 20, "max_age_s": 30, "stats_interval_s": 0,
            "dds": dds_settings(domain)}
-    (tmp / "bridge.yaml").write_text(yaml.safe_dump(cfg))
-    log_path = tmp / "bridge.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "vloc.cli", "robots", "ros2", "--config",
-                                 str(tmp / "bridge.yaml")], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     peer, errors = None, []
-    try:
+    with bridge_process(cfg, tmp) as (proc, log_path):
         peer = Peer(domain)
         peer.wait_matched(120, proc)
         for f in frames:
@@ -412,15 +414,7 @@ def test_bridge_process_localizes_the_shared_frames_over_dds(tmp_path_factory):
             truth = f.truth.inverse() * BASE_FROM_CAMERA.inverse()
             errors.append((np.linalg.norm(got.translation - truth.translation),
                            rotation_angle_deg(got.rotation, truth.rotation)))
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        del peer
+    peer = None  # the DDS participant goes before the next test
     t, r = np.array(errors).T
     print(f"\nredkitchen over DDS: {len(errors)} frames, errors (cm) {np.round(t * 100, 2)}, (deg) {np.round(r, 2)}")
     assert t.max() < 0.05 and r.max() < 5.0   # pgt_sfm truth; the revisit target is 5 cm / 5 deg
