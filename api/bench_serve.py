@@ -421,53 +421,26 @@ async def _stream_robot(i: int, client, map_id: str, frames: Sequence[QueryFrame
                         times: Sequence[float], t0: float, out: list[Query], drain_s: float) -> None:
     loop = asyncio.get_running_loop()
     pending: dict[int, tuple[Query, float, QueryFrame]] = {}
-    receiver: asyncio.Task | None = None
     try:
         async with client.stream(map_id) as s:
-            async def receive() -> None:
-                drain_deadline = None
-                while True:
-                    if sending_done.is_set():
-                        if not pending:
-                            return
-                        drain_deadline = drain_deadline or loop.time() + drain_s
-                        if loop.time() > drain_deadline:
-                            return
-                    try:
-                        reply = await s.recv(timeout=0.25)  # cancelling a websockets recv loses nothing
-                    except TimeoutError:
-                        continue
-                    entry = pending.pop(reply.get("frame_id"), None)
-                    if entry is None:
-                        continue
-                    q, start, f = entry
-                    q.latency_s, q.done_s = time.perf_counter() - start, loop.time() - t0
-                    if reply.get("dropped"):
-                        q.outcome = f"dropped:{reply.get('reason')}"
-                    else:
-                        q.outcome = "ok"
-                        _fill(q, reply, f.truth)
+            async def send(k: int) -> None:
+                f = frames[(offset + k) % len(frames)]
+                q = Query(i, map_id, k, f.name, loop.time() - t0)
+                out.append(q)
+                pending[k] = (q, time.perf_counter(), f)
+                await s.send(f.data, f.camera, frame_id=k, timestamp=time.time())
 
-            sending_done = asyncio.Event()
-            receiver = asyncio.create_task(receive())
-            try:
-                for k, ts in enumerate(times):
-                    now = loop.time() - t0
-                    if now < ts:
-                        await asyncio.sleep(ts - now)
-                    if receiver.done():
-                        break
-                    f = frames[(offset + k) % len(frames)]
-                    q = Query(i, map_id, k, f.name, loop.time() - t0)
-                    out.append(q)
-                    pending[k] = (q, time.perf_counter(), f)
-                    await s.send(f.data, f.camera, frame_id=k, timestamp=time.time())
-            finally:
-                sending_done.set()
-            await receiver
+            def on_reply(k: int, reply: dict) -> None:
+                q, start, f = pending[k]
+                q.latency_s, q.done_s = time.perf_counter() - start, loop.time() - t0
+                if reply.get("dropped"):
+                    q.outcome = f"dropped:{reply.get('reason')}"
+                else:
+                    q.outcome = "ok"
+                    _fill(q, reply, f.truth)
+
+            await s.paced(times, t0, send, on_reply, pending, drain_s)
     except Exception as e:  # noqa: BLE001 - a robot counts its failures, the run goes on
-        if receiver is not None and not receiver.done():
-            receiver.cancel()
         for q, _, _ in pending.values():
             q.outcome = f"exception:{type(e).__name__}"
         if not pending:

@@ -266,56 +266,26 @@ async def _rest_robot(robot: _Robot, client, map_id: str, times: Sequence[float]
 
 async def _stream_robot(robot: _Robot, client, map_id: str, times: Sequence[float], t0: float,
                         out: list[Shot], drain_s: float) -> None:
-    loop = asyncio.get_running_loop()
     pending: dict[int, tuple[Shot, float]] = {}
-    sending_done = asyncio.Event()
-    receiver: asyncio.Task | None = None
     try:
         async with client.stream(map_id) as s:
-            async def receive() -> None:
-                deadline = None
-                while True:
-                    if sending_done.is_set():
-                        if not pending:
-                            return
-                        deadline = deadline or loop.time() + drain_s
-                        if loop.time() > deadline:
-                            return
-                    try:
-                        reply = await s.recv(timeout=0.25)
-                    except TimeoutError:
-                        continue
-                    k = reply.get("frame_id")
-                    entry = pending.pop(k, None)
-                    if entry is None:
-                        continue
-                    shot, start = entry
-                    shot.latency_ms = (time.perf_counter() - start) * 1000
-                    if reply.get("dropped"):
-                        shot.outcome = f"dropped:{reply.get('reason')}"
-                    else:
-                        robot.fill(k, shot, reply)
+            async def send(k: int) -> None:
+                f = robot.frames[k]
+                shot = Shot(robot.i, k, f.name)
+                out.append(shot)
+                pending[k] = (shot, time.perf_counter())
+                await s.send(f.data, f.camera, frame_id=k, timestamp=time.time(), prior=robot.prior(k, shot))
 
-            receiver = asyncio.create_task(receive())
-            try:
-                for k, ts in enumerate(times):
-                    now = loop.time() - t0
-                    if now < ts:
-                        await asyncio.sleep(ts - now)
-                    if receiver.done():
-                        break
-                    f = robot.frames[k]
-                    shot = Shot(robot.i, k, f.name)
-                    out.append(shot)
-                    pending[k] = (shot, time.perf_counter())
-                    await s.send(f.data, f.camera, frame_id=k, timestamp=time.time(),
-                                 prior=robot.prior(k, shot))
-            finally:
-                sending_done.set()
-            await receiver
+            def on_reply(k: int, reply: dict) -> None:
+                shot, start = pending[k]
+                shot.latency_ms = (time.perf_counter() - start) * 1000
+                if reply.get("dropped"):
+                    shot.outcome = f"dropped:{reply.get('reason')}"
+                else:
+                    robot.fill(k, shot, reply)
+
+            await s.paced(times, t0, send, on_reply, pending, drain_s)
     except Exception as e:  # noqa: BLE001 - a robot counts its failures, the fleet goes on
-        if receiver is not None and not receiver.done():
-            receiver.cancel()
         for shot, _ in pending.values():
             shot.outcome = f"exception:{type(e).__name__}"
         if not pending:

@@ -499,6 +499,51 @@ class AsyncStreamSession:
         await self.send(image, camera, frame_id, timestamp, prior)
         return await self.recv()
 
+    async def paced(self, times, t0: float, send, on_reply, pending: dict, drain_s: float) -> None:
+        """A robot's frame clock: ``await send(k)`` at loop time ``t0 + times[k]`` (it sends frame
+        ``k`` with ``frame_id=k`` and puts ``k`` in ``pending``) while replies are read as they
+        come: ``on_reply(k, reply)`` for each answered ``k`` (removed from ``pending``). After the
+        last frame, replies are awaited up to ``drain_s``; what is left in ``pending`` was never
+        answered. Exceptions (closed connection, ...) propagate with ``pending`` as it stands."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        sending_done = asyncio.Event()
+
+        async def receive() -> None:
+            deadline = None
+            while True:
+                if sending_done.is_set():
+                    if not pending:
+                        return
+                    deadline = deadline or loop.time() + drain_s
+                    if loop.time() > deadline:
+                        return
+                try:
+                    reply = await self.recv(timeout=0.25)  # cancelling a websockets recv loses nothing
+                except TimeoutError:
+                    continue
+                k = reply.get("frame_id")
+                if k in pending:
+                    on_reply(k, reply)
+                    pending.pop(k, None)
+
+        receiver = asyncio.create_task(receive())
+        try:
+            for k, ts in enumerate(times):
+                now = loop.time() - t0
+                if now < ts:
+                    await asyncio.sleep(ts - now)
+                if receiver.done():
+                    break
+                await send(k)
+            sending_done.set()
+            await receiver
+        finally:
+            sending_done.set()
+            if not receiver.done():
+                receiver.cancel()
+
     async def close(self) -> None:
         await self._ws.close()
 
