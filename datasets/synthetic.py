@@ -85,6 +85,38 @@ class Box:
         return np.linalg.norm(np.maximum(self.excess(points), 0.0), axis=1)
 
 
+def draw_random_shape(canvas: np.ndarray, rng: np.random.Generator, kind: int, c: tuple[int, int], r: int,
+                      col: tuple[int, int, int], outline, line, text) -> None:
+    """Draw one random shape of ``kind`` (0 circle, 1 rectangle, 2 line, 3 polygon, else text)
+    centred at pixel c with size r into an (H, W, 3) uint8 canvas. The callables give what a
+    texture style decides: ``outline()`` the width of an unfilled circle / rectangle, ``line()``
+    a line's width, ``text()`` draws the text (each draws from ``rng`` only when called)."""
+    if kind == 0:
+        cv2.circle(canvas, c, max(r, 2), col, -1 if rng.random() < 0.7 else outline(), cv2.LINE_AA)
+    elif kind == 1:
+        d = (int(c[0] + rng.uniform(-2, 2) * r), int(c[1] + rng.uniform(-2, 2) * r))
+        cv2.rectangle(canvas, c, d, col, -1 if rng.random() < 0.6 else outline(), cv2.LINE_AA)
+    elif kind == 2:
+        d = (int(c[0] + rng.uniform(-4, 4) * r), int(c[1] + rng.uniform(-4, 4) * r))
+        cv2.line(canvas, c, d, col, line(), cv2.LINE_AA)
+    elif kind == 3:
+        k = int(rng.integers(3, 7))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = r * rng.uniform(0.4, 1.6, k)
+        pts = np.stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)], 1).astype(np.int32)
+        cv2.fillPoly(canvas, [pts], col, cv2.LINE_AA)
+    else:
+        text()
+
+
+def _random_text(canvas: np.ndarray, rng: np.random.Generator, c: tuple[int, int], r: int,
+                 col: tuple[int, int, int]) -> None:
+    txt = "".join(rng.choice(_CHARS, int(rng.integers(2, 9))))
+    font = _FONTS[int(rng.integers(0, len(_FONTS)))]
+    scale = max(r, 6) / 22.0
+    cv2.putText(canvas, txt, c, font, scale, col, max(1, int(scale * rng.uniform(1, 3))), cv2.LINE_AA)
+
+
 def _texture(rng: np.random.Generator, size_m: tuple[float, float], shade: float) -> np.ndarray:
     """(H, W, 3) uint8 RGB texture for a surface of size_m metres, ~3 mm/texel (<= 2048 px/side)."""
     texel = max(0.003, max(size_m) / 2048)
@@ -102,25 +134,9 @@ def _texture(rng: np.random.Generator, size_m: tuple[float, float], shade: float
         col = tuple(int(c) for c in rng.integers(0, 256, 3))
         c = (int(rng.integers(0, W)), int(rng.integers(0, H)))
         r = int(np.exp(rng.uniform(np.log(0.008), np.log(0.15))) / texel)
-        if kind == 0:
-            cv2.circle(canvas, c, max(r, 2), col, -1 if rng.random() < 0.7 else int(rng.integers(1, 6)), cv2.LINE_AA)
-        elif kind == 1:
-            d = (int(c[0] + rng.uniform(-2, 2) * r), int(c[1] + rng.uniform(-2, 2) * r))
-            cv2.rectangle(canvas, c, d, col, -1 if rng.random() < 0.6 else int(rng.integers(1, 6)), cv2.LINE_AA)
-        elif kind == 2:
-            d = (int(c[0] + rng.uniform(-4, 4) * r), int(c[1] + rng.uniform(-4, 4) * r))
-            cv2.line(canvas, c, d, col, int(rng.integers(1, 8)), cv2.LINE_AA)
-        elif kind == 3:
-            k = int(rng.integers(3, 7))
-            ang = np.sort(rng.uniform(0, 2 * np.pi, k))
-            rad = r * rng.uniform(0.4, 1.6, k)
-            pts = np.stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)], 1).astype(np.int32)
-            cv2.fillPoly(canvas, [pts], col, cv2.LINE_AA)
-        else:
-            txt = "".join(rng.choice(_CHARS, int(rng.integers(2, 9))))
-            font = _FONTS[int(rng.integers(0, len(_FONTS)))]
-            scale = max(r, 6) / 22.0
-            cv2.putText(canvas, txt, c, font, scale, col, max(1, int(scale * rng.uniform(1, 3))), cv2.LINE_AA)
+        draw_random_shape(canvas, rng, kind, c, r, col,
+                          outline=lambda: int(rng.integers(1, 6)), line=lambda: int(rng.integers(1, 8)),
+                          text=lambda: _random_text(canvas, rng, c, r, col))
     fine = cv2.resize(rng.normal(0, 12, (H // 3 + 2, W // 3 + 2, 3)).astype(np.float32), (W, H))
     out = (canvas.astype(np.float32) + fine) * shade
     return np.clip(out, 0, 255).astype(np.uint8)

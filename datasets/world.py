@@ -32,7 +32,7 @@ from pyproj.enums import TransformDirection
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 
-from datasets.synthetic import Box, Quad, SyntheticScene
+from datasets.synthetic import Box, Quad, SyntheticScene, draw_random_shape
 from vloc.camera import Camera
 from vloc.geo import Georeference
 from vloc.geometry import Rigid3, Sim3
@@ -126,24 +126,9 @@ def _surface_texture(rng: np.random.Generator, size_m: tuple[float, float], texe
         col = tuple(int(c) for c in rng.integers(0, 256, 3))
         c = (int(rng.integers(0, W)), int(rng.integers(0, H)))
         r = max(2, int(np.exp(rng.uniform(np.log(0.04), np.log(0.9))) * px))
-        if k == 0:
-            cv2.circle(canvas, c, r, col, -1 if rng.random() < 0.7 else max(1, r // 6), cv2.LINE_AA)
-        elif k == 1:
-            d = (int(c[0] + rng.uniform(-2, 2) * r), int(c[1] + rng.uniform(-2, 2) * r))
-            cv2.rectangle(canvas, c, d, col, -1 if rng.random() < 0.6 else max(1, r // 6), cv2.LINE_AA)
-        elif k == 2:
-            d = (int(c[0] + rng.uniform(-4, 4) * r), int(c[1] + rng.uniform(-4, 4) * r))
-            cv2.line(canvas, c, d, col, max(1, int(rng.uniform(0.02, 0.12) * px)), cv2.LINE_AA)
-        elif k == 3:
-            n = int(rng.integers(3, 7))
-            ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-            rad = r * rng.uniform(0.4, 1.6, n)
-            pts = np.stack([c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)], 1).astype(np.int32)
-            cv2.fillPoly(canvas, [pts], col, cv2.LINE_AA)
-        else:
-            txt = "".join(rng.choice(_CHARS, int(rng.integers(2, 7))))
-            scale = r / 22.0
-            cv2.putText(canvas, txt, c, cv2.FONT_HERSHEY_DUPLEX, scale, col, max(1, int(scale * 2)), cv2.LINE_AA)
+        draw_random_shape(canvas, rng, k, c, r, col, outline=lambda: max(1, r // 6),
+                          line=lambda: max(1, int(rng.uniform(0.02, 0.12) * px)),
+                          text=lambda: _street_text(canvas, rng, c, r, col))
     if kind == "ground":  # road markings: long straight bands
         for _ in range(int(area / 60) + 2):
             p = rng.uniform(0, 1, 2) * (W, H)
@@ -155,6 +140,13 @@ def _surface_texture(rng: np.random.Generator, size_m: tuple[float, float], texe
                      max(1, int(0.12 * px)), cv2.LINE_AA)
     fine = cv2.resize(rng.normal(0, 8, (H // 2 + 2, W // 2 + 2, 1)).astype(np.float32), (W, H))
     return np.clip((canvas.astype(np.float32) + fine[..., None]) * shade, 0, 255).astype(np.uint8)
+
+
+def _street_text(canvas: np.ndarray, rng: np.random.Generator, c: tuple[int, int], r: int,
+                 col: tuple[int, int, int]) -> None:
+    txt = "".join(rng.choice(_CHARS, int(rng.integers(2, 7))))
+    scale = r / 22.0
+    cv2.putText(canvas, txt, c, cv2.FONT_HERSHEY_DUPLEX, scale, col, max(1, int(scale * 2)), cv2.LINE_AA)
 
 
 def _quad(origin, u_vec, v_vec, rng: np.random.Generator, kind: str, texel: float, name: str) -> Quad:
