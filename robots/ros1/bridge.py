@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from robots.backend import Backend, make_backend
-from robots.config import BridgeConfig, load_bridge_config
+from robots.backend import Backend
+from robots.config import BridgeConfig
+from robots.entry import bridge_main, run_bridge
 from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled
 from robots.transforms import OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros
 from vloc.geometry import Rigid3
@@ -202,37 +202,16 @@ class Ros1Bridge:
 # --- entry points ----------------------------------------------------------------------------
 def run_from_config(config_path: str | Path, log_level: str = "info", node_name: str = "vloc_bridge"
                     ) -> dict[str, int]:
-    """Load the config, build the backend, run the bridge until SIGINT / SIGTERM or ROS shutdown;
-    returns the counters. Configuration problems raise VlocError (the CLI prints them, exit 2)."""
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Run the bridge of a config file until SIGINT / SIGTERM or ROS shutdown; returns the counters
+    (VlocError on a bad config: the CLI prints it and exits 2)."""
     import_rospy()  # fail early, before loading a map
-    cfg = load_bridge_config(config_path)
-    backend = make_backend(cfg.backend)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    try:
-        return Ros1Bridge(cfg, backend, node_name).run(stop)
-    finally:
-        backend.close()
+    return run_bridge(config_path, log_level, lambda cfg, backend: Ros1Bridge(cfg, backend, node_name))
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m robots.ros1.bridge --config FILE [--log-level info] [--node-name vloc_bridge]``."""
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m robots.ros1.bridge", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--log-level", default="info")
-    ap.add_argument("--node-name", default="vloc_bridge")
-    a = ap.parse_args(argv)
-    try:
-        run_from_config(a.config, a.log_level, a.node_name)
-    except (VlocError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return bridge_main("python -m robots.ros1.bridge", __doc__.splitlines()[0], run_from_config, argv,
+                       node_name=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

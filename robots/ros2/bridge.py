@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from robots.backend import Backend, make_backend
-from robots.config import BridgeConfig, load_bridge_config
+from robots.backend import Backend
+from robots.config import BridgeConfig
+from robots.entry import bridge_main, run_bridge
 from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled
 from robots.ros2 import msgs
 from robots.transforms import (OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros, seconds_to_stamp,
@@ -242,39 +242,14 @@ class Ros2Bridge:
 
 # --- entry points ----------------------------------------------------------------------------
 def run_from_config(config_path: str | Path, log_level: str = "info") -> dict[str, int]:
-    """Load the config, build the backend, run the bridge until SIGINT / SIGTERM; returns the counters.
-    Configuration problems raise VlocError (the CLI prints them and exits 2)."""
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_bridge_config(config_path)
-    backend = make_backend(cfg.backend)
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        return Ros2Bridge(cfg, backend).run(stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        backend.close()
+    """Run the bridge of a config file until SIGINT / SIGTERM; returns the counters (VlocError on
+    a bad config: the CLI prints it and exits 2)."""
+    return run_bridge(config_path, log_level, Ros2Bridge)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m robots.ros2.bridge --config FILE [--log-level info]``."""
-    import argparse
-    import sys
-    ap = argparse.ArgumentParser(prog="python -m robots.ros2.bridge", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--log-level", default="info")
-    a = ap.parse_args(argv)
-    try:
-        run_from_config(a.config, a.log_level)
-    except (VlocError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return bridge_main("python -m robots.ros2.bridge", __doc__.splitlines()[0], run_from_config, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
