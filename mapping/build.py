@@ -17,7 +17,7 @@ from mapping.features import Features, SiftConfig, make_backend
 from mapping.matching import (MatchConfig, VerifiedPair, match_descriptors, normalise_descriptors,
                               verify_unknown_pose, verify_with_poses)
 from mapping.pairs import PosePairConfig, pairs_exhaustive, pairs_from_poses, pairs_from_similarity
-from mapping.reconstruct import (ReconstructionConfig, filter_points, reprojection_errors,
+from mapping.reconstruct import (ReconstructionConfig, filter_points, observation_errors,
                                  structure_from_motion, triangulate_known_poses)
 from mapping.retrieval import RetrievalConfig, RetrievalIndex
 from mapping.stage_cache import StageCache, content_key
@@ -147,7 +147,8 @@ def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[t
         i, j = pair
         # RootSIFT per pair (cheap) rather than a float32 copy of every image's descriptors in memory.
         m = match_descriptors(normalise_descriptors(feats[i].descriptors), normalise_descriptors(feats[j].descriptors),
-                              mc.ratio, mc.mutual)
+                              mc.ratio, mc.mutual, non_negative=feats[i].descriptors.dtype == np.uint8
+                              and feats[j].descriptors.dtype == np.uint8)
         if len(m) < mc.min_inliers:
             return pair, None
         a, b = records[i], records[j]
@@ -174,31 +175,38 @@ def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feat
         out.add_camera_with_trivial_rig(cam)
     name_to_idx = {r.name: k for k, r in enumerate(records)}
     names, kps, descs, pids = [], [], [], []
-    point_obs: dict[int, list[tuple[int, int]]] = {}
+    obs_image, obs_row = [], []
     for image_id in sorted(rec.reg_image_ids()):
         im = rec.image(image_id)
-        idx = np.array([k for k, p in enumerate(im.points2D) if p.has_point3D()], np.int64)
+        idx = np.sort(np.asarray(im.get_observation_point2D_idxs(), np.int64))
         if len(idx) == 0:
             continue
         f = feats[name_to_idx[im.name]]
-        new_kp = np.asarray([im.points2D[int(k)].xy for k in idx], np.float64)
-        ids = np.array([im.points2D[int(k)].point3D_id for k in idx], np.int64)
+        points2d = im.points2D
+        new_kp = np.array([points2d[k].xy for k in idx.tolist()], np.float64).reshape(-1, 2)
+        ids = np.fromiter((points2d[k].point3D_id for k in idx.tolist()), np.int64, len(idx))
         new_im = pycolmap.Image(name=im.name, keypoints=new_kp, camera_id=im.camera_id, image_id=image_id)
         out.add_image_with_trivial_frame(new_im, im.cam_from_world())
-        for row, pid in enumerate(ids):
-            point_obs.setdefault(int(pid), []).append((image_id, row))
+        obs_image.append(np.full(len(ids), image_id, np.int64))
+        obs_row.append(np.arange(len(ids), dtype=np.int64))
         names.append(im.name)
         kps.append(new_kp.astype(np.float32))
         descs.append(f.descriptors[idx])
         pids.append(ids)
+    # tracks of the compact model, points in order of first observation
+    all_pid = np.concatenate(pids) if pids else np.zeros(0, np.int64)
+    all_image, all_row = (np.concatenate(obs_image), np.concatenate(obs_row)) if pids else (all_pid, all_pid)
+    order = np.argsort(all_pid, kind="stable")
+    uniq, start = np.unique(all_pid[order], return_index=True)
+    bounds = np.r_[start, len(order)]
+    first_seen = np.argsort(order[start], kind="stable")
     id_map = {}
-    for pid, obs in point_obs.items():
-        p = rec.points3D[pid]
+    for u in first_seen.tolist():
+        sel = order[bounds[u]:bounds[u + 1]]
+        p = rec.points3D[int(uniq[u])]
         track = pycolmap.Track()
-        for image_id, row in obs:
-            track.add_element(image_id, row)
-        new_id = out.add_point3D(p.xyz, track, p.color)
-        id_map[pid] = new_id
+        track.add_elements([pycolmap.TrackElement(int(i), int(r)) for i, r in zip(all_image[sel], all_row[sel])])
+        id_map[int(uniq[u])] = out.add_point3D(p.xyz, track, p.color)
     pids = [np.array([id_map[int(x)] for x in ids], np.int64) for ids in pids]
     out.update_point_3d_errors()
     return out, names, kps, descs, pids
@@ -271,7 +279,7 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     timings["reconstruction_s"] = time.perf_counter() - t
 
     compact, names, kps, descs, pids = compact_model(rec, records, feats)
-    errs = reprojection_errors(compact)
+    errs = observation_errors(compact, names, kps, pids)
     registered = set(names)
     stats = {
         "n_images_input": len(records),

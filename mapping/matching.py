@@ -39,10 +39,25 @@ def normalise_descriptors(desc: np.ndarray) -> np.ndarray:
     return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-8)
 
 
-def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutual: bool = True) -> np.ndarray:
+def column_max(sim: torch.Tensor, non_negative: bool = False) -> torch.Tensor:
+    """(N1, N2) similarities -> (N2,) column maxima (same dtype).
+
+    A bf16 column reduction is slow on CPUs (~6x a row reduction). When every score is known
+    to be non-negative (dot products of RootSIFT descriptors), the bf16 bit patterns viewed as
+    int16 order exactly like the values, and that reduction is vectorised: same result, ~1/6
+    of the time.
+    """
+    if non_negative and sim.dtype == torch.bfloat16:
+        return sim.view(torch.int16).amax(dim=0).view(torch.bfloat16)
+    return sim.amax(dim=0)
+
+
+def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutual: bool = True,
+                      non_negative: bool | None = None) -> np.ndarray:
     """Nearest-neighbour matching of unit-norm float32 descriptors (N1, D), (N2, D) -> (M, 2) int64.
 
     Runs on torch (multi-threaded reductions; the device follows the inputs when tensors are given).
+    ``non_negative``: every descriptor entry is >= 0 (RootSIFT); None = check.
     """
     if len(d1) < 2 or len(d2) < 2:
         return np.zeros((0, 2), np.int64)
@@ -52,20 +67,24 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutua
     sim = a.to(torch.bfloat16) @ b.to(torch.bfloat16).T
     best, second = sim.topk(2, dim=1).indices.unbind(1)   # one pass over the rows
     rows = torch.arange(len(a), device=sim.device)
-    s_best = (a * b[best]).sum(dim=1)
-    s_second = (a * b[second]).sum(dim=1)
-    dist_best = torch.sqrt(torch.clamp(2 - 2 * s_best, min=0))
-    dist_second = torch.sqrt(torch.clamp(2 - 2 * s_second, min=0))
-    keep = dist_best <= ratio * dist_second
     if mutual:
         # row i's best column j is mutual when no other row scores higher on j: compare with the
         # column maxima (amax over dim 0 is ~10x cheaper than max-with-indices there); rows tied
         # in bf16 on one column are resolved below by their exact score
-        keep &= sim[rows, best] >= sim.amax(dim=0)[best]
-    i1 = torch.nonzero(keep).squeeze(1).cpu().numpy()
-    j1 = best.cpu().numpy()[i1]
+        if non_negative is None:
+            non_negative = bool(a.min() >= 0) and bool(b.min() >= 0)
+        rows = torch.nonzero(sim[rows, best] >= column_max(sim, non_negative)[best]).squeeze(1)
+    # exact float32 scores (ratio test) only for the rows still in play
+    jb, js = best[rows], second[rows]
+    s_best = (a[rows] * b[jb]).sum(dim=1)
+    s_second = (a[rows] * b[js]).sum(dim=1)
+    dist_best = torch.sqrt(torch.clamp(2 - 2 * s_best, min=0))
+    dist_second = torch.sqrt(torch.clamp(2 - 2 * s_second, min=0))
+    keep = torch.nonzero(dist_best <= ratio * dist_second).squeeze(1)
+    i1 = rows[keep].cpu().numpy()
+    j1 = jb[keep].cpu().numpy()
     if mutual and len(i1):
-        order = np.lexsort((-s_best.cpu().numpy()[i1], j1))   # per column, the best exact score first
+        order = np.lexsort((-s_best[keep].cpu().numpy(), j1))   # per column, the best exact score first
         i1, j1 = i1[order], j1[order]
         first = np.r_[True, j1[1:] != j1[:-1]]
         i1, j1 = i1[first], j1[first]

@@ -36,6 +36,10 @@ class ReconstructionConfig:
     #: sequences without a good initial pair, global too, keeping the model with more images).
     sfm_method: str = "auto"
     auto_min_registered: float = 0.8
+    #: global bundle-adjustment rounds (with track merging / completion) when triangulating known
+    #: poses; COLMAP's default is 5. Measured (100 posed redkitchen images): 5 rounds 3.9 s, 1 round
+    #: 2.0 s, localization accuracy unchanged (points only move; the poses are fixed).
+    posed_ba_refinements: int = 1
     #: keep two-view tracks (COLMAP drops them by default); useful for small maps.
     keep_two_view_tracks: bool = True
     num_threads: int = -1
@@ -128,8 +132,10 @@ def triangulate_known_poses(records: list[ImageRecord], features: list[Features]
     """Triangulate verified matches with fixed known poses (COLMAP point_triangulator)."""
     db_path, out = prepare_workdir(workdir, records, features, verified, "triangulated")
     rec = posed_reconstruction(records, features)
+    opts = pipeline_options(cfg)
+    opts.ba_global_max_refinements = cfg.posed_ba_refinements
     rec = pycolmap.triangulate_points(rec, str(db_path), str(workdir), str(out), clear_points=True,
-                                      options=pipeline_options(cfg), refine_intrinsics=False)
+                                      options=opts, refine_intrinsics=False)
     if rec.num_points3D() == 0:
         raise VlocError("triangulation produced no 3D points: the images share too few verified matches "
                         "(check the poses, the camera, and that the images overlap)")
@@ -192,15 +198,40 @@ def images_cam_from_world(rec: pycolmap.Reconstruction) -> dict[str, Rigid3]:
 
 def reprojection_errors(rec: pycolmap.Reconstruction) -> np.ndarray:
     """(num_observations,) reprojection errors in pixels over all tracks."""
-    errs = []
+    errs = [np.zeros(0)]
     for im in rec.images.values():
         if not im.has_pose:
             continue
-        cam = im.camera
-        T = im.cam_from_world()
-        for p2 in im.points2D:
-            if p2.has_point3D():
-                xyz = rec.points3D[p2.point3D_id].xyz
-                uv = cam.img_from_cam(T * xyz)
-                errs.append(np.linalg.norm(np.asarray(uv)[:2] - p2.xy))
-    return np.asarray(errs)
+        idx = im.get_observation_point2D_idxs()
+        if not len(idx):
+            continue
+        points2d = im.points2D
+        xy = np.array([points2d[k].xy for k in idx], np.float64).reshape(-1, 2)
+        xyz = np.array([rec.points3D[points2d[k].point3D_id].xyz for k in idx], np.float64).reshape(-1, 3)
+        cam_from_world = Rigid3.from_pycolmap(im.cam_from_world())
+        uv = im.camera.img_from_cam(cam_from_world.transform(xyz), check_cheirality=False)
+        errs.append(np.linalg.norm(np.asarray(uv) - xy, axis=1))
+    return np.concatenate(errs)
+
+
+def observation_errors(rec: pycolmap.Reconstruction, names: list[str], keypoints: list[np.ndarray],
+                       point_ids: list[np.ndarray]) -> np.ndarray:
+    """Reprojection errors (pixels) of given observations, vectorised per image.
+
+    names: registered images; keypoints[k]: (N_k, 2) pixels of image k; point_ids[k]: (N_k,) the
+    point3D each keypoint observes. Same values as :func:`reprojection_errors` for a model whose
+    images hold exactly these observations, without a Python call per observation.
+    """
+    ids = np.fromiter(rec.point3D_ids(), np.int64)
+    order = np.argsort(ids)
+    ids_sorted = ids[order]
+    xyz = np.array([rec.points3D[int(i)].xyz for i in ids_sorted], np.float64).reshape(-1, 3)
+    errs = [np.zeros(0)]
+    for name, xy, pid in zip(names, keypoints, point_ids):
+        im = rec.find_image_with_name(name)
+        world = xyz[np.searchsorted(ids_sorted, pid)]
+        uv = im.camera.img_from_cam(Rigid3.from_pycolmap(im.cam_from_world()).transform(world),
+                                    check_cheirality=False)
+        errs.append(np.linalg.norm(np.asarray(uv) - np.asarray(xy, np.float64), axis=1))
+    return np.concatenate(errs)
+

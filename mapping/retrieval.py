@@ -30,9 +30,10 @@ class RetrievalConfig:
 def train_vocabulary(descriptor_sets: list[np.ndarray], cfg: RetrievalConfig) -> np.ndarray:
     """k-means (OpenCV) over RootSIFT descriptors of all map images -> (K, D) float32 centroids."""
     rng = np.random.default_rng(cfg.seed)
-    allx = np.concatenate([normalise_descriptors(d) for d in descriptor_sets if len(d)])
-    if len(allx) > cfg.train_samples:
+    allx = np.concatenate([d for d in descriptor_sets if len(d)])
+    if len(allx) > cfg.train_samples:  # sample first: normalising every descriptor of a big map is slow
         allx = allx[rng.choice(len(allx), cfg.train_samples, replace=False)]
+    allx = normalise_descriptors(allx)
     k = int(min(cfg.n_clusters, max(1, len(allx) // 20)))
     cv2.setRNGSeed(cfg.seed)
     crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1e-4)
@@ -47,7 +48,10 @@ def vlad(descriptors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     if len(descriptors):
         x = normalise_descriptors(descriptors)
         assign = np.argmax(x @ centroids.T - 0.5 * np.sum(centroids ** 2, axis=1), axis=1)
-        np.add.at(out, assign, x - centroids[assign])
+        onehot = np.zeros((len(x), K), np.float32)
+        onehot[np.arange(len(x)), assign] = 1.0
+        # residual sums per cluster as one GEMM: sum_i [a_i = k] (x_i - c_k)
+        out = onehot.T @ x - onehot.sum(axis=0)[:, None] * centroids
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     v = out.ravel()
     v = np.sign(v) * np.sqrt(np.abs(v))

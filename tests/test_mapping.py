@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from datasets.synthetic import generate_scene, write_dataset
 from mapping.build import BuildConfig, build_map
 from mapping.bundle import FORMAT_VERSION, read_features_h5, read_manifest, verify_files
-from mapping.reconstruct import images_cam_from_world
+from mapping.reconstruct import images_cam_from_world, observation_errors, reprojection_errors
 from vloc.cli import app
 from vloc.geometry import estimate_sim3
 from vloc.types import VlocError
@@ -89,6 +89,27 @@ def test_bundle_manifest_and_features_are_consistent(posed_bundle):
     assert np.allclose(table.points_xyz, [rec.points3D[int(i)].xyz for i in table.points_id])
     centres = [rec.find_image_with_name(n).projection_center() for n in table.image_names]
     assert np.allclose(table.image_centres, centres)
+
+
+def test_manifest_reprojection_errors_match_the_model(posed_bundle):
+    """The build's vectorised per-observation errors equal a per-2D-point projection of the model."""
+    rec = pycolmap.Reconstruction(str(posed_bundle / "model"))
+    slow = []
+    for im in rec.images.values():
+        T = im.cam_from_world()
+        for p in im.points2D:
+            if p.has_point3D():
+                uv = im.camera.img_from_cam(T * rec.points3D[p.point3D_id].xyz)
+                slow.append(np.linalg.norm(np.asarray(uv).ravel()[:2] - p.xy))
+    assert len(slow) > 1000
+    assert np.allclose(np.sort(reprojection_errors(rec)), np.sort(slow), atol=1e-9)
+    table = read_features_h5(posed_bundle / "features.h5")
+    kps = [np.array([p.xy for p in rec.find_image_with_name(n).points2D]) for n in table.image_names]
+    pids = [table.point3d_ids[table.rows(k)] for k in range(len(table.image_names))]
+    fast = observation_errors(rec, table.image_names, kps, pids)
+    assert np.allclose(np.sort(fast), np.sort(slow), atol=1e-9)
+    stats = read_manifest(posed_bundle)["statistics"]["reprojection_error_px"]
+    assert stats["median"] == pytest.approx(np.median(slow), abs=1e-4)
 
 
 def test_map_info_cli(posed_bundle):
