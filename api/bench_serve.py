@@ -21,11 +21,14 @@ Robots (schedule: :func:`schedule`; robot i is phase-shifted by ``i / (N R)`` s 
 not fire together)
 * REST: a robot's camera ticks at R Hz; at each tick it sends the current frame unless its
   previous request is still unanswered (then that tick's frame is skipped: ``skipped_busy``), so
-  each robot has at most one request in flight, like a robot that waits for its pose.
+  each robot has at most one request in flight, like a robot that waits for its pose. With
+  ``--max-wait S`` a robot sends ``meta.max_wait_ms``, and a frame the server drops for waiting
+  longer counts as ``dropped: busy`` (503 "busy"), not as an error.
 * ``--stream``: one WS session per robot; frames go out at every tick without waiting
   (timestamped), replies are read as they come; the server's motion prior narrows retrieval
   after the first accepted frame and the server drops frames that went stale (older than its
-  ``max_frame_age_s``) or overflowed the session's queue.
+  ``max_frame_age_s``), waited longer than its ``max_queue_wait_s`` (busy) or overflowed the
+  session's queue.
 
 Metrics (:func:`summarize`): latency = client round trip of the answered (2xx / processed)
 queries, p50 / p95 / p99; throughput = answered queries / (last answer - first send);
@@ -80,6 +83,9 @@ class ServeBenchConfig:
     max_age_s: float | None = None
     #: server's stream_max_pending (None: its default): waiting frames per stream session.
     max_pending: int | None = None
+    #: longest wait for a worker, s: the server's max_queue_wait_s for streams (None: its default;
+    #: 0: no limit), and REST robots send it as ``meta.max_wait_ms`` (None / 0: they do not).
+    max_wait_s: float | None = None
     #: REST robots ask the server to track them (``meta.track``): motion priors without a stream.
     track: bool = False
     #: client timeout per request / stream reply, seconds.
@@ -387,8 +393,9 @@ def _fill(q: Query, reply: dict, truth) -> None:
 
 
 async def _rest_robot(i: int, client, map_id: str, frames: Sequence[QueryFrame], offset: int,
-                      times: Sequence[float], t0: float, out: list[Query], track: bool = False) -> None:
-    from vloc.client import VlocClientError
+                      times: Sequence[float], t0: float, out: list[Query], track: bool = False,
+                      max_wait_ms: float | None = None) -> None:
+    from vloc.client import VlocClientError, is_busy
     loop = asyncio.get_running_loop()
     k = 0
     while k < len(times):
@@ -404,11 +411,11 @@ async def _rest_robot(i: int, client, map_id: str, frames: Sequence[QueryFrame],
         start = time.perf_counter()
         try:
             reply = await client.localize(map_id, f.data, f.camera, robot_id=f"robot-{i}", timestamp=time.time(),
-                                          track=track)
+                                          track=track, max_wait_ms=max_wait_ms)
             q.outcome = "ok"
             _fill(q, reply, f.truth)
         except VlocClientError as e:
-            q.outcome = f"http_{e.status}" if e.status is not None else \
+            q.outcome = "dropped:busy" if is_busy(e) else f"http_{e.status}" if e.status is not None else \
                 f"exception:{'timeout' if 'no answer' in e.detail else 'connection'}"
         except Exception as e:  # noqa: BLE001 - a robot counts its failures, the run goes on
             q.outcome = f"exception:{type(e).__name__}"
@@ -478,7 +485,8 @@ async def _run_robots(url: str, key: str, ids: list[str], frames: list[QueryFram
             tasks = [_stream_robot(i, c, ids[i % len(ids)], frames, offsets[i], times[i], t0, out, cfg.drain_s)
                      for i, c in enumerate(clients)]
         else:
-            tasks = [_rest_robot(i, c, ids[i % len(ids)], frames, offsets[i], times[i], t0, out, cfg.track)
+            wait_ms = cfg.max_wait_s * 1000 if cfg.max_wait_s else None
+            tasks = [_rest_robot(i, c, ids[i % len(ids)], frames, offsets[i], times[i], t0, out, cfg.track, wait_ms)
                      for i, c in enumerate(clients)]
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), cfg.seconds + cfg.drain_s + cfg.timeout_s + 10)
@@ -529,7 +537,8 @@ def run_serve_bench(cfg: ServeBenchConfig, root: Path | None = None, workdir: Pa
         reporter.log(f"starting vloc serve ({cfg.workers} workers"
                      + (f", cache {cfg.cache_mb} MB" if cfg.cache_mb is not None else "") + ")")
         env = {k: str(v) for k, v in (("VLOC_MAX_FRAME_AGE_S", cfg.max_age_s),
-                                      ("VLOC_STREAM_MAX_PENDING", cfg.max_pending)) if v is not None}
+                                      ("VLOC_STREAM_MAX_PENDING", cfg.max_pending),
+                                      ("VLOC_MAX_QUEUE_WAIT_S", cfg.max_wait_s)) if v is not None}
         server = ServerProcess(data, cfg.workers, cfg.cache_mb, env=env)
         server.wait_ready()
         t0 = time.perf_counter()
@@ -605,6 +614,7 @@ def markdown_table(res: dict) -> str:
             f"{c['workers']} server workers"
             + (f", max frame age {c['max_age_s']:g} s" if c.get("max_age_s") is not None else "")
             + (f", {c['max_pending']} waiting frame(s) per session" if c.get("max_pending") is not None else "")
+            + (f", max wait for a worker {c['max_wait_s']:g} s" if c.get("max_wait_s") else "")
             + (", REST with server-side tracking" if c.get("track") and not c["stream"] else ""),
             "",
             "| metric | value |", "|---|---|",

@@ -22,7 +22,8 @@ class Metrics:
         self.stage_seconds = Histogram("vloc_localize_stage_seconds", "localization latency per stage "
                                        "(decode: image decoding; others: the core's timings)",
                                        ["stage"], buckets=STAGE_BUCKETS, registry=r)
-        self.localizations = Counter("vloc_localizations_total", "localization results",
+        self.localizations = Counter("vloc_localizations_total", "localization results (outcome accepted | "
+                                     "rejected; busy: a REST frame past its meta.max_wait_ms, not localized)",
                                      ["source", "outcome"], registry=r)
         self.stream_sessions = Gauge("vloc_stream_sessions_active", "open streaming sessions", registry=r)
         self.stream_frames = Counter("vloc_stream_frames_total", "frames received on streams, by fate",

@@ -58,6 +58,10 @@ class LocalizeMeta(Strict):
     track: bool = Field(False, description="with robot_id: the server keeps this robot's last accepted pose as "
                                            "the next frame's motion prior (like a stream session); "
                                            "an explicit prior wins")
+    max_wait_ms: float | None = Field(None, gt=0, le=600_000,
+                                      description="real-time robots: answer 503 (reason 'busy') instead of "
+                                                  "localizing when the frame waited on the server longer than "
+                                                  "this for a worker; a newer frame is worth more than a late pose")
 
 
 class StreamFrameMeta(Strict):
@@ -65,8 +69,9 @@ class StreamFrameMeta(Strict):
 
     ``camera`` may be omitted after the first frame of a session (the last one is reused).
     ``timestamp``: capture time in Unix seconds on a synchronised clock; a frame whose age
-    (server receive time minus timestamp, or its queue wait, whichever is larger) exceeds the
-    server's max frame age is dropped. Omit it when the robot's clock is not synchronised.
+    (server receive time minus timestamp, plus its wait on the server) exceeds the server's
+    ``max_frame_age_s`` is dropped as stale. Omit it when the robot's clock is not synchronised.
+    A frame that waits on the server longer than ``max_queue_wait_s`` is dropped as busy.
     ``prior`` overrides the session's own motion prior for this frame.
     """
 
@@ -147,7 +152,7 @@ class StreamReply(BaseModel):
     ``dropped: false``, ``prior_used``, ``prior`` and ``tracking`` ("global": no prior,
     first frames; "tracking": motion prior from the last accepted pose; "lost": the last
     ``lost_after`` frames were rejected, back to global search). A dropped frame is
-    ``{"frame_id", "dropped": true, "reason": "stale" | "overflow", "age_ms"}``; a frame that
+    ``{"frame_id", "dropped": true, "reason": "stale" | "busy" | "overflow", "age_ms"}``; a frame that
     could not be used is ``{"frame_id", "dropped": true, "reason": "error", "status", "detail"}``.
     """
 

@@ -11,6 +11,7 @@ from api.auth import map_for_robot
 from api.errors import ApiError, describe_errors
 from api.forms import file_field, read_form, require_content_type, text_field
 from api.models import ErrorResponse, LocalizeMeta, LocalizeResponse
+from api.service import StaleFrame
 
 router = APIRouter(tags=["localize"])
 
@@ -31,6 +32,7 @@ async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> Lo
     last pose as the next prior). Returns the pose both ways
     (cam_from_world, world_from_cam), covariance, inliers, accepted/reason and timings, and
     latitude/longitude/altitude/heading when the map is georeferenced."""
+    received = time.monotonic()
     service = request.app.state.vloc
     s = service.settings
     await run_in_threadpool(service.active, map_id)  # 404 before reading the body
@@ -50,8 +52,15 @@ async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> Lo
     prior = meta.prior
     if prior is None and key is not None:
         prior = service.robot_tracks.prior(key, t)
-    out = await service.localize(map_id, image, meta.camera, prior, "rest",
-                                 {"robot_id": meta.robot_id, "timestamp": meta.timestamp})
+    deadline = None if meta.max_wait_ms is None else received + meta.max_wait_ms / 1000
+    try:
+        out = await service.localize(map_id, image, meta.camera, prior, "rest",
+                                     {"robot_id": meta.robot_id, "timestamp": meta.timestamp}, deadline_mono=deadline)
+    except StaleFrame:
+        service.metrics.localizations.labels("rest", "busy").inc()
+        waited = (time.monotonic() - received) * 1000
+        raise ApiError(503, f"busy: the frame waited {waited:.0f} ms on the server, over meta.max_wait_ms="
+                            f"{meta.max_wait_ms:g}; send a newer frame", headers={"Retry-After": "0"}) from None
     if key is not None:
         res = out.result
         service.robot_tracks.update(key, t, out.payload["map_version"], res.accepted,

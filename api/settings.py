@@ -48,8 +48,12 @@ class Settings(BaseSettings):
     cache_budget_bytes: int = Field(2 * GiB, ge=0)
 
     # streaming -------------------------------------------------------------------------------
-    #: a frame older than this (queue wait, or receive time minus its timestamp) is dropped, seconds.
+    #: a frame older than this (receive time minus its timestamp, plus its wait here) is dropped
+    #: as "stale", seconds (see api.frame_limits).
     max_frame_age_s: float = Field(1.0, gt=0)
+    #: a streamed frame that waited here (receipt to a worker) longer than this is dropped as
+    #: "busy", seconds; 0 = no limit. REST requests opt in per request (``meta.max_wait_ms``).
+    max_queue_wait_s: float = Field(0.2, ge=0)
     #: frames a session may have waiting; beyond it the oldest waiting one is dropped ("overflow").
     stream_max_pending: int = Field(4, ge=1)
     #: consecutive rejections after which a session is lost and searches the whole map again.

@@ -21,9 +21,11 @@ the order the frames were sent:
   ``prior_used``, ``prior`` (``{"position", "sigma"}`` or null) and ``tracking``
   (``global`` | ``tracking`` | ``lost``);
 * dropped: ``{"frame_id", "dropped": true, "reason": "stale", "age_ms"}`` when the frame is
-  older than the server's max frame age when its turn comes (its queue wait, or receive time
-  minus its ``timestamp``), or ``"reason": "overflow"`` when more than ``stream_max_pending``
-  frames wait (the oldest waiting one goes);
+  older than ``max_frame_age_s`` when a worker could take it (its lateness on arrival, receive
+  time minus its ``timestamp``, plus its wait on the server); ``"reason": "busy"`` when it
+  waited on the server longer than ``max_queue_wait_s`` (load shedding: under overload the
+  server answers the newest frames promptly instead of every frame late); ``"reason":
+  "overflow"`` when more than ``stream_max_pending`` frames wait (the oldest waiting one goes);
 * unusable: ``{"frame_id", "dropped": true, "reason": "error", "status": 4xx, "detail"}``
   (bad header, bad image, camera mismatch, ...). The session goes on.
 
@@ -53,6 +55,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from api.auth import authenticate, authorize_map, token_from_headers
 from api.errors import ApiError, describe_errors
+from api.frame_limits import FrameLimits
 from api.models import CameraIn, PriorIn, StreamFrameMeta
 from api.service import Service, StaleFrame
 from localize.tracking import Tracker
@@ -181,11 +184,11 @@ class StreamSession:
         if f.drop is not None:
             return {"frame_id": f.frame_id, "dropped": True, "reason": f.drop}
         meta = f.meta
-        age = time.monotonic() - f.received_mono
-        if meta.timestamp is not None:
-            age = max(age, f.received_wall - meta.timestamp)
-        if age > self.settings.max_frame_age_s:
-            return {"frame_id": f.frame_id, "dropped": True, "reason": "stale", "age_ms": round(age * 1000, 1)}
+        limits = FrameLimits.of(self.settings.max_frame_age_s, self.settings.max_queue_wait_s, f.received_wall,
+                                meta.timestamp)
+        late = limits.verdict(time.monotonic() - f.received_mono)
+        if late is not None:
+            return {"frame_id": f.frame_id, "dropped": True, **late}
         camera = meta.camera or self.camera
         if camera is None:
             return self._error(f.frame_id, 422, "header.camera: required on the first frame of a session")
@@ -193,14 +196,13 @@ class StreamSession:
         prior = meta.prior or self.tracker.prior(t)
         tracking = "tracking" if prior is not None else ("lost" if self.tracker.state == "lost" else "global")
         try:
-            # the frame may also go stale while it waits for a worker: a second age check there
-            deadline = time.monotonic() + (self.settings.max_frame_age_s - age)
+            # the frame may also go stale while it waits for a worker: a second check there
             out = await self.service.localize(self.map_id, f.image, camera, prior, "stream",
                                               {"frame_id": f.frame_id, "timestamp": meta.timestamp},
-                                              deadline_mono=deadline)
-        except StaleFrame as e:
-            return {"frame_id": f.frame_id, "dropped": True, "reason": "stale",
-                    "age_ms": round((self.settings.max_frame_age_s + e.age_s) * 1000, 1)}
+                                              deadline_mono=f.received_mono + limits.max_queue_s)
+        except StaleFrame:
+            return {"frame_id": f.frame_id, "dropped": True,
+                    **limits.verdict(time.monotonic() - f.received_mono, past_deadline=True)}
         except ApiError as e:
             return self._error(f.frame_id, e.status, e.detail)
         except Exception:  # a bug must not end the robot's session: answer like a 500, go on

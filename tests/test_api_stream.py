@@ -43,8 +43,14 @@ def blank():
 
 @pytest.fixture(scope="module")
 def svc(tmap, tmp_path_factory):
+    # no server-wait limit here (frames may queue on 2 shared cores); it has its own test below
     settings = Settings(data_dir=tmp_path_factory.mktemp("stream-data"), workers=2, max_frame_age_s=1.5,
-                        stream_max_pending=2, stream_lost_after=LOST_AFTER, stream_key_recheck_s=0.2)
+                        max_queue_wait_s=0, stream_max_pending=2, stream_lost_after=LOST_AFTER,
+                        stream_key_recheck_s=0.2)
+    yield from _server(settings, tmap)
+
+
+def _server(settings, tmap):
     app = create_app(settings)
     reg = app.state.vloc.registry
     keys = {"admin": reg.create_key("admin")[1], "robot": reg.create_key("robot", ["room"])[1],
@@ -123,6 +129,43 @@ def test_stale_frame_is_dropped_and_reported(svc, walk):
         assert not r["dropped"] and r["accepted"]
 
 
+@pytest.fixture(scope="module")
+def shedding_svc(tmap, tmp_path_factory):
+    """One worker and a 30 ms server-wait limit: frames behind another frame are shed as busy."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("shed-data"), workers=1, max_queue_wait_s=0.03,
+                        stream_max_pending=8)
+    yield from _server(settings, tmap)
+
+
+def test_frames_that_wait_past_max_queue_wait_are_dropped_as_busy(shedding_svc, walk):
+    frames = [walk[i % len(walk)][0] for i in range(6)]
+    with session(shedding_svc) as ws:
+        assert ask(ws, "warm", frames[0])["accepted"]  # map loaded, session camera set
+        for i, image in enumerate(frames):
+            ws.send(stream_frame({"frame_id": i, "timestamp": time.time()}, image))
+        replies = [json.loads(ws.recv(timeout=60)) for _ in frames]
+        # the session goes on: a frame sent alone is localized
+        assert ask(ws, "after", frames[1], camera=False)["accepted"]
+    assert [r["frame_id"] for r in replies] == list(range(len(frames)))
+    assert not replies[0]["dropped"] and replies[0]["accepted"]
+    busy = [r for r in replies if r["dropped"]]
+    assert busy and all(r["reason"] == "busy" and r["waited_ms"] > 30 for r in busy), replies
+    m = httpx.get(f"{shedding_svc.url}/metrics", trust_env=False).text
+    assert 'vloc_stream_frames_total{fate="busy"}' in m
+
+
+def test_rest_frame_past_its_max_wait_gets_503_busy(shedding_svc, walk):
+    from vloc.client import VlocClient, VlocClientError, is_busy
+    image = walk[0][0]
+    with VlocClient(shedding_svc.url, shedding_svc.keys["robot"]) as c:
+        assert c.localize("room", image, CAMERA, max_wait_ms=60_000)["accepted"]
+        with pytest.raises(VlocClientError) as e:  # 1 us: the request cannot reach a worker in time
+            c.localize("room", image, CAMERA, max_wait_ms=0.001)
+    assert e.value.status == 503 and is_busy(e.value) and "max_wait_ms" in e.value.detail
+    m = httpx.get(f"{shedding_svc.url}/metrics", trust_env=False).text
+    assert 'vloc_localizations_total{outcome="busy",source="rest"}' in m
+
+
 def test_pipelined_frames_answered_in_order_with_overflow_drops(svc, walk):
     frames = [walk[i % len(walk)][0] for i in range(8)]
     with session(svc) as ws:
@@ -131,8 +174,8 @@ def test_pipelined_frames_answered_in_order_with_overflow_drops(svc, walk):
         replies = [json.loads(ws.recv(timeout=60)) for _ in frames]
     assert [r["frame_id"] for r in replies] == list(range(len(frames)))
     reasons = [r.get("reason") if r["dropped"] else "ok" for r in replies]
-    assert reasons[0] == "ok" and reasons[-1] in ("ok", "stale")
-    assert "overflow" in reasons and set(reasons) <= {"ok", "overflow", "stale"}, reasons
+    assert reasons[0] == "ok" and reasons[-1] in ("ok", "stale", "busy")
+    assert "overflow" in reasons and set(reasons) <= {"ok", "overflow", "stale", "busy"}, reasons
     m = httpx.get(f"{svc.url}/metrics", trust_env=False).text
     assert 'vloc_stream_frames_total{fate="overflow"}' in m
 

@@ -119,6 +119,9 @@ def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
                                                   help="server max frame age, s (stale frames are dropped)"),
           max_pending: Optional[int] = typer.Option(None, "--max-pending", min=1,
                                                     help="server's waiting frames per stream session"),
+          max_wait: Optional[float] = typer.Option(
+              None, "--max-wait", min=0, help="longest wait for a worker, s: the server's max_queue_wait_s for "
+                                              "streams; REST robots send it as meta.max_wait_ms (0: no limit)"),
           track: bool = typer.Option(False, "--track", help="REST robots ask for server-side tracking"),
           workdir: Path = typer.Option(Path("bench-results/serve-cache"), "--workdir",
                                        help="cache of built maps and rendered frames (reruns skip them)"),
@@ -128,7 +131,7 @@ def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
     from vloc.progress import Reporter
     cfg = ServeBenchConfig(robots=robots, hz=hz, seconds=seconds, stream=stream, maps=maps, cache_mb=cache_mb,
                            workers=workers, max_age_s=max_age, max_pending=max_pending,
-                           track=track)
+                           max_wait_s=max_wait, track=track)
     res = run_serve_bench(cfg, None if maps else root, workdir, json_out, reporter=Reporter())
     print(markdown_table(res))
     if json_out:

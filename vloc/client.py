@@ -81,6 +81,11 @@ class VlocConnectionError(VlocClientError):
 # --------------------------------------------------------------------------------------------------
 # wire helpers (pure)
 # --------------------------------------------------------------------------------------------------
+def is_busy(e: Exception) -> bool:
+    """A REST frame the server dropped under load (``meta.max_wait_ms``): not a failure."""
+    return isinstance(e, VlocClientError) and e.status == 503 and e.detail.startswith("busy")
+
+
 def encode_image(image, image_format: str = "jpeg", jpeg_quality: int = 95) -> tuple[bytes, str]:
     """(bytes, MIME type) of a frame: arrays are encoded (JPEG or PNG), bytes pass through."""
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -253,7 +258,8 @@ class _Base:
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def _localize_parts(self, image, camera, prior, robot_id, timestamp, track=False) -> tuple[dict, dict]:
+    def _localize_parts(self, image, camera, prior, robot_id, timestamp, track=False,
+                        max_wait_ms: float | None = None) -> tuple[dict, dict]:
         data, mime = encode_image(image, self.image_format, self.jpeg_quality)
         meta: dict = {"camera": camera_json(camera)}
         p = prior_json(prior)
@@ -265,6 +271,8 @@ class _Base:
             meta["timestamp"] = float(timestamp)
         if track:
             meta["track"] = True
+        if max_wait_ms is not None:
+            meta["max_wait_ms"] = float(max_wait_ms)
         name = "frame.png" if mime == "image/png" else "frame.jpg"
         return {"image": (name, data, mime)}, {"meta": json.dumps(meta)}
 
@@ -441,11 +449,13 @@ class VlocClient(_Shared):
 
     # localization ------------------------------------------------------------------------------
     def localize(self, map_id: str, image, camera, prior=None, robot_id: str | None = None,
-                 timestamp: float | None = None, track: bool = False) -> dict:
+                 timestamp: float | None = None, track: bool = False, max_wait_ms: float | None = None) -> dict:
         """Localize one frame on the map's active version; returns the server's JSON (pose both
         ways, covariance, ``accepted`` / ``reason``, inliers, timings, ...). ``track`` (with
-        ``robot_id``): the server keeps this robot's last pose as the next frame's prior."""
-        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp, track)
+        ``robot_id``): the server keeps this robot's last pose as the next frame's prior.
+        ``max_wait_ms``: the server answers 503 ("busy: ...", :func:`is_busy`) instead of a late
+        pose when the frame waited longer than this for a worker."""
+        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp, track, max_wait_ms)
         return self._request("POST", _path(map_id, "localize"), files=files, data=data).json()
 
     @contextlib.contextmanager
@@ -639,8 +649,9 @@ class AsyncVlocClient(_Shared):
         return (await self._request("DELETE", f"/v1/keys/{quote(key_id, safe='')}")).json()
 
     async def localize(self, map_id: str, image, camera, prior=None, robot_id: str | None = None,
-                       timestamp: float | None = None, track: bool = False) -> dict:
-        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp, track)
+                       timestamp: float | None = None, track: bool = False, max_wait_ms: float | None = None
+                       ) -> dict:
+        files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp, track, max_wait_ms)
         return (await self._request("POST", _path(map_id, "localize"), files=files, data=data)).json()
 
     @contextlib.asynccontextmanager
