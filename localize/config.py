@@ -49,6 +49,11 @@ class LocalizerConfig:
     tracking_max_image_side: int = 400
     tracking_max_keypoints: int = 1024
     tracking_top_k: int = 5
+    #: the cheap attempt's pose is kept only with at least this many inliers, else the full setting
+    #: runs. Measured (redkitchen block 1, 100 frames, prior 17 cm off): 20: max error 6.7 cm, 1
+    #: fallback, 35 ms mean; 80: 5.2 cm, 29 fallbacks, 55 ms; 120: 3.9 cm, 41, 62 ms. The default
+    #: keeps tracking cheap (serving throughput); raise it for accuracy over throughput.
+    tracking_min_inliers: int = 20
 
     # matching ------------------------------------------------------------------------------
     #: Lowe ratio between the best and the best *other 3D point* (L2 on RootSIFT).

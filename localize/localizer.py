@@ -201,7 +201,7 @@ class Localizer:
                             f"{camera.width}x{camera.height}")
         if prior is not None and self.cfg.tracking_max_image_side > 0:
             fast = self._localize(image, camera, prior, tracking=True)
-            if fast.accepted:
+            if fast.accepted and fast.num_inliers >= self.cfg.tracking_min_inliers:
                 return fast
             full = self._localize(image, camera, prior, tracking=False)
             full.timings_ms = {"tracking_attempt": fast.timings_ms["total"], **full.timings_ms,
