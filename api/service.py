@@ -53,7 +53,8 @@ def make_camera(cam: CameraIn) -> Camera:
 
 
 class StaleFrame(Exception):
-    """A streamed frame waited in the worker queue past its deadline; it is dropped, not localized."""
+    """A frame waited for a worker past its deadline (stream limits, REST ``meta.max_wait_ms``);
+    it is dropped, not localized."""
 
     def __init__(self, age_s: float) -> None:
         super().__init__(f"stale after {age_s:.3f} s")
@@ -153,8 +154,8 @@ class Service:
                            prior: PosePrior | None, source: str, submitted: float, extra: dict,
                            deadline_mono: float | None = None) -> Outcome:
         wait_ms = (time.perf_counter() - submitted) * 1000
-        if deadline_mono is not None and time.monotonic() > deadline_mono:
-            raise StaleFrame(time.monotonic() - deadline_mono)
+        late = deadline_mono is not None and time.monotonic() > deadline_mono
+        # bad input is refused (4xx) before a late frame is dropped: a drop is only for usable frames
         t0 = time.perf_counter()
         rgb = decode_image(image, self.settings.max_pixels)
         decode_s = time.perf_counter() - t0
@@ -162,6 +163,8 @@ class Service:
         if (rgb.shape[1], rgb.shape[0]) != (cam.width, cam.height):
             raise ApiError(422, f"the camera is {cam.width}x{cam.height} but the image is "
                                 f"{rgb.shape[1]}x{rgb.shape[0]}")
+        if late:
+            raise StaleFrame(time.monotonic() - deadline_mono)
         try:
             loaded = self.loaded(map_id, version)
         except ApiError as e:

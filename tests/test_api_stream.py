@@ -162,6 +162,10 @@ def test_rest_frame_past_its_max_wait_gets_503_busy(shedding_svc, walk):
         with pytest.raises(VlocClientError) as e:  # 1 us: the request cannot reach a worker in time
             c.localize("room", image, CAMERA, max_wait_ms=0.001)
     assert e.value.status == 503 and is_busy(e.value) and "max_wait_ms" in e.value.detail
+    with VlocClient(shedding_svc.url, shedding_svc.keys["robot"]) as c:  # bad input: 4xx before any drop
+        with pytest.raises(VlocClientError) as e:
+            c.localize("room", b"\x89PNG\r\n\x1a\n broken", CAMERA, max_wait_ms=0.001)
+    assert 400 <= e.value.status < 500, e.value
     m = httpx.get(f"{shedding_svc.url}/metrics", trust_env=False).text
     assert 'vloc_localizations_total{outcome="busy",source="rest"}' in m
 
