@@ -23,7 +23,7 @@ not fire together)
   previous request is still unanswered (then that tick's frame is skipped: ``skipped_busy``), so
   each robot has at most one request in flight, like a robot that waits for its pose. With
   ``--max-wait S`` a robot sends ``meta.max_wait_ms``, and a frame the server drops for waiting
-  longer counts as ``dropped: busy`` (503 "busy"), not as an error.
+  longer counts as ``dropped: busy`` (429 "busy"), not as an error.
 * ``--stream``: one WS session per robot; frames go out at every tick without waiting
   (timestamped), replies are read as they come; the server's motion prior narrows retrieval
   after the first accepted frame and the server drops frames that went stale (older than its

@@ -59,7 +59,7 @@ class LocalizeMeta(Strict):
                                            "the next frame's motion prior (like a stream session); "
                                            "an explicit prior wins")
     max_wait_ms: float | None = Field(None, gt=0, le=600_000,
-                                      description="real-time robots: answer 503 (reason 'busy') instead of "
+                                      description="real-time robots: answer 429 ('busy: ...', Retry-After 0) instead of "
                                                   "localizing when the frame waited on the server longer than "
                                                   "this for a worker; a newer frame is worth more than a late pose")
 

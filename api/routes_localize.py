@@ -21,7 +21,7 @@ _BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "meta": {"$ref": "#/components/schemas/LocalizeMeta"}}},
     "encoding": {"meta": {"contentType": "application/json"}}}}}}
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 503)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
 
 
 @router.post("/v1/maps/{map_id}/localize", response_model=LocalizeResponse, response_model_exclude_unset=True,
@@ -59,7 +59,7 @@ async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> Lo
     except StaleFrame:
         service.metrics.localizations.labels("rest", "busy").inc()
         waited = (time.monotonic() - received) * 1000
-        raise ApiError(503, f"busy: the frame waited {waited:.0f} ms on the server, over meta.max_wait_ms="
+        raise ApiError(429, f"busy: the frame waited {waited:.0f} ms on the server, over meta.max_wait_ms="
                             f"{meta.max_wait_ms:g}; send a newer frame", headers={"Retry-After": "0"}) from None
     if key is not None:
         res = out.result

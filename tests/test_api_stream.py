@@ -154,14 +154,14 @@ def test_frames_that_wait_past_max_queue_wait_are_dropped_as_busy(shedding_svc, 
     assert 'vloc_stream_frames_total{fate="busy"}' in m
 
 
-def test_rest_frame_past_its_max_wait_gets_503_busy(shedding_svc, walk):
+def test_rest_frame_past_its_max_wait_gets_429_busy(shedding_svc, walk):
     from vloc.client import VlocClient, VlocClientError, is_busy
     image = walk[0][0]
     with VlocClient(shedding_svc.url, shedding_svc.keys["robot"]) as c:
         assert c.localize("room", image, CAMERA, max_wait_ms=60_000)["accepted"]
         with pytest.raises(VlocClientError) as e:  # 1 us: the request cannot reach a worker in time
             c.localize("room", image, CAMERA, max_wait_ms=0.001)
-    assert e.value.status == 503 and is_busy(e.value) and "max_wait_ms" in e.value.detail
+    assert e.value.status == 429 and is_busy(e.value) and "max_wait_ms" in e.value.detail
     with VlocClient(shedding_svc.url, shedding_svc.keys["robot"]) as c:  # bad input: 4xx before any drop
         with pytest.raises(VlocClientError) as e:
             c.localize("room", b"\x89PNG\r\n\x1a\n broken", CAMERA, max_wait_ms=0.001)

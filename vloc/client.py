@@ -83,7 +83,7 @@ class VlocConnectionError(VlocClientError):
 # --------------------------------------------------------------------------------------------------
 def is_busy(e: Exception) -> bool:
     """A REST frame the server dropped under load (``meta.max_wait_ms``): not a failure."""
-    return isinstance(e, VlocClientError) and e.status == 503 and e.detail.startswith("busy")
+    return isinstance(e, VlocClientError) and e.status == 429 and e.detail.startswith("busy")
 
 
 def encode_image(image, image_format: str = "jpeg", jpeg_quality: int = 95) -> tuple[bytes, str]:
@@ -453,7 +453,7 @@ class VlocClient(_Shared):
         """Localize one frame on the map's active version; returns the server's JSON (pose both
         ways, covariance, ``accepted`` / ``reason``, inliers, timings, ...). ``track`` (with
         ``robot_id``): the server keeps this robot's last pose as the next frame's prior.
-        ``max_wait_ms``: the server answers 503 ("busy: ...", :func:`is_busy`) instead of a late
+        ``max_wait_ms``: the server answers 429 ("busy: ...", :func:`is_busy`) instead of a late
         pose when the frame waited longer than this for a worker."""
         files, data = self._b._localize_parts(image, camera, prior, robot_id, timestamp, track, max_wait_ms)
         return self._request("POST", _path(map_id, "localize"), files=files, data=data).json()
