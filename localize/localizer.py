@@ -15,6 +15,7 @@ from localize.config import LocalizerConfig
 from localize.map import LocalizationMap
 from localize.result import LocalizationResult, PosePrior
 from mapping.features import Features, SiftBackend, SiftConfig, root_sift
+from mapping.matching import row_top2
 from mapping.retrieval import InvertedFile
 from vloc.camera import Camera
 from vloc.geometry import Rigid3
@@ -59,7 +60,8 @@ def centre_covariance(cam_from_world: Rigid3, covariance: np.ndarray) -> np.ndar
 
 def match_to_points(query_desc: torch.Tensor, map_desc: torch.Tensor, obs_point: np.ndarray,
                     ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Match (Q, D) query descriptors to (M, D) map descriptors, one per distinct 3D point obs_point (M,).
+    """Match (Q, D) query RootSIFT descriptors (non-negative, unit norm) to (M, D) map descriptors,
+    one per distinct 3D point obs_point (M,).
 
     Ratio test between the best and second-best point; each point keeps its best query keypoint.
     Returns (query indices, point rows).
@@ -68,7 +70,7 @@ def match_to_points(query_desc: torch.Tensor, map_desc: torch.Tensor, obs_point:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # Candidate search in the map's storage precision (bf16 on CPU/GPU), exact scores in float32.
     sim = query_desc.to(map_desc.dtype) @ map_desc.T
-    j1, j2 = sim.topk(2, dim=1).indices.unbind(1)  # best and second best in one pass
+    j1, j2 = row_top2(sim, non_negative=True)  # best and second best in one pass (RootSIFT >= 0)
     q32 = query_desc.float()
     s1 = (q32 * map_desc[j1].float()).sum(dim=1)
     s2 = (q32 * map_desc[j2].float()).sum(dim=1)

@@ -52,6 +52,18 @@ def column_max(sim: torch.Tensor, non_negative: bool = False) -> torch.Tensor:
     return sim.amax(dim=0)
 
 
+def row_top2(sim: torch.Tensor, non_negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N1, N2) similarities -> column indices (N1,) of each row's best and second best.
+
+    Non-negative bf16 scores are ranked through their int16 bit patterns (same order as the
+    values, see :func:`column_max`): ~2x faster than a bf16 topk on CPUs.
+    """
+    if non_negative and sim.dtype == torch.bfloat16:
+        sim = sim.view(torch.int16)
+    best, second = sim.topk(2, dim=1).indices.unbind(1)
+    return best, second
+
+
 def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutual: bool = True,
                       non_negative: bool | None = None) -> np.ndarray:
     """Nearest-neighbour matching of unit-norm float32 descriptors (N1, D), (N2, D) -> (M, 2) int64.
@@ -65,14 +77,14 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutua
     b = torch.as_tensor(d2, dtype=torch.float32)
     # Candidates from a bf16 GEMM (fast on AVX512-BF16 CPUs and GPUs); exact float32 scores after.
     sim = a.to(torch.bfloat16) @ b.to(torch.bfloat16).T
-    best, second = sim.topk(2, dim=1).indices.unbind(1)   # one pass over the rows
+    if non_negative is None:
+        non_negative = bool(a.min() >= 0) and bool(b.min() >= 0)
+    best, second = row_top2(sim, non_negative)   # one pass over the rows
     rows = torch.arange(len(a), device=sim.device)
     if mutual:
         # row i's best column j is mutual when no other row scores higher on j: compare with the
         # column maxima (amax over dim 0 is ~10x cheaper than max-with-indices there); rows tied
         # in bf16 on one column are resolved below by their exact score
-        if non_negative is None:
-            non_negative = bool(a.min() >= 0) and bool(b.min() >= 0)
         rows = torch.nonzero(sim[rows, best] >= column_max(sim, non_negative)[best]).squeeze(1)
     # exact float32 scores (ratio test) only for the rows still in play
     jb, js = best[rows], second[rows]

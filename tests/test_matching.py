@@ -1,0 +1,52 @@
+"""mapping.matching: the int16 fast paths rank non-negative bf16 scores exactly like the values."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mapping.features import root_sift
+from mapping.matching import column_max, match_descriptors, row_top2
+
+
+def _scores(n1: int, n2: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(n1, 128, generator=g) ** 4  # peaky, like RootSIFT
+    b = torch.rand(n2, 128, generator=g) ** 4
+    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    return a.bfloat16() @ b.bfloat16().T
+
+
+def test_column_max_equals_bf16_amax():
+    for seed in range(3):
+        s = _scores(300, 500, seed)
+        assert torch.equal(column_max(s, non_negative=True), s.amax(dim=0))
+        assert torch.equal(column_max(s, non_negative=False), s.amax(dim=0))
+
+
+def test_row_top2_picks_the_two_largest_values():
+    for seed in range(3):
+        s = _scores(400, 350, seed)
+        best, second = row_top2(s, non_negative=True)
+        rows = torch.arange(len(s))
+        top = s.float().topk(2, dim=1).values
+        assert torch.equal(s[rows, best].float(), top[:, 0]) and torch.equal(s[rows, second].float(), top[:, 1])
+        assert bool((best != second).all())
+
+
+def test_int16_ranking_would_be_wrong_for_negative_scores():
+    """Why the fast path needs non_negative: negative bf16 bit patterns sort the other way."""
+    s = torch.tensor([[-0.5, -0.25, -1.0]], dtype=torch.bfloat16)
+    assert s.view(torch.int16).argmax(dim=1).item() != 1  # int16 order: wrong for negatives
+    assert row_top2(s, non_negative=False)[0].item() == 1  # the default path is right
+    assert column_max(s.T.contiguous(), non_negative=False).item() == -0.25
+
+
+def test_match_descriptors_finds_the_planted_matches():
+    rng = np.random.default_rng(0)
+    d1 = rng.integers(0, 60, (800, 128)).astype(np.uint8)
+    noise = rng.integers(0, 4, (400, 128)).astype(np.uint8)
+    d2 = np.concatenate([rng.integers(0, 60, (500, 128)).astype(np.uint8), d1[:400] + noise])
+    m = match_descriptors(root_sift(d1), root_sift(d2), ratio=0.85, mutual=True)
+    truth = {(i, 500 + i) for i in range(400)}
+    assert len(m) >= 390 and {tuple(x) for x in m.tolist()} <= truth
+    assert np.array_equal(m, match_descriptors(root_sift(d1), root_sift(d2), non_negative=True))
