@@ -14,9 +14,9 @@ accepted pose the robot re-anchors ``map_from_odom = map_from_base * inverse(odo
 whose sigma grows with the odometry travelled since that fix (:func:`prior_sigma`).
 
 Modes: ``rest`` (one request per tick; a tick that comes while the robot still waits for its last
-pose is skipped and counted as dropped ``busy``) and ``stream`` (one WebSocket session per robot,
-frames sent at every tick without waiting; the server drops frames that went ``stale`` or
-``overflow`` its queue). Errors: non-2xx answers, exceptions, stream error replies, frames never
+pose is skipped and counted as dropped ``skipped``) and ``stream`` (one WebSocket session per robot,
+frames sent at every tick without waiting; the server drops frames that went ``stale``, waited
+too long for a worker (``busy``) or ``overflow`` its queue). Errors: non-2xx answers, exceptions, stream error replies, frames never
 answered. Per robot: frames sent, answered, accepted, median pose error of the accepted frames vs
 the truth (pgt_sfm for 7-Scenes), % within 5 cm / 5 deg of the answered frames (rejected = miss),
 median distance of the odometry prior from the truth, client round-trip latency p50 / p95,
@@ -189,7 +189,7 @@ def summarize_robot(i: int, shots: Sequence[Shot]) -> dict:
             k = s.outcome.split(":", 1)[1]
             dropped[k] = dropped.get(k, 0) + 1
     errors = sum(1 for s in shots if s.outcome.startswith(("http_", "exception:", "lost", "dropped:error")))
-    return {"robot": i, "ticks": len(shots), "sent": sum(1 for s in shots if s.outcome != "dropped:busy"),
+    return {"robot": i, "ticks": len(shots), "sent": sum(1 for s in shots if s.outcome != "dropped:skipped"),
             "answered": len(done), "accepted": len(acc),
             "median_t_cm": None if not acc else med([s.t_err_m * 100 for s in acc]),
             "median_r_deg": med([s.r_err_deg for s in acc]),
@@ -245,7 +245,7 @@ async def _rest_robot(robot: _Robot, client, map_id: str, times: Sequence[float]
         if now < times[k]:
             await asyncio.sleep(times[k] - now)
         elif k + 1 < len(times) and now >= times[k + 1]:  # still busy at the next tick: frame dropped
-            out.append(Shot(robot.i, k, robot.frames[k].name, outcome="dropped:busy"))
+            out.append(Shot(robot.i, k, robot.frames[k].name, outcome="dropped:skipped"))
             k += 1
             continue
         f = robot.frames[k]

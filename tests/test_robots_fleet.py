@@ -47,13 +47,13 @@ def test_slices_and_summary():
     assert robot_slices(2, 3) == [range(0, 1), range(1, 2), range(0, 1)]
     shots = [Shot(0, 0, "a", "ok", 100.0, True, 0.01, 0.2, None, False),
              Shot(0, 1, "b", "ok", 300.0, True, 0.03, 0.4, 0.1, True),
-             Shot(0, 2, "c", "dropped:busy"), Shot(0, 3, "d", "ok", 200.0, False),
-             Shot(0, 4, "e", "http_500")]
+             Shot(0, 2, "c", "dropped:skipped"), Shot(0, 3, "d", "ok", 200.0, False),
+             Shot(0, 4, "e", "http_500"), Shot(0, 5, "f", "dropped:busy")]  # busy: sent, shed by the server
     row = summarize_robot(0, shots)
-    assert row["ticks"] == 5 and row["sent"] == 4 and row["answered"] == 3 and row["accepted"] == 2
+    assert row["ticks"] == 6 and row["sent"] == 5 and row["answered"] == 3 and row["accepted"] == 2
     assert row["median_t_cm"] == pytest.approx(2.0) and row["median_r_deg"] == pytest.approx(0.3)
     assert row["pct_5cm_5deg"] == pytest.approx(200 / 3)
-    assert row["dropped"] == 1 and row["dropped_by_reason"] == {"busy": 1} and row["errors"] == 1
+    assert row["dropped"] == 2 and row["dropped_by_reason"] == {"skipped": 1, "busy": 1} and row["errors"] == 1
     assert row["p50_ms"] == pytest.approx(200.0) and row["median_prior_err_cm"] == pytest.approx(10.0)
 
 
