@@ -566,6 +566,7 @@ def run_serve_bench(cfg: ServeBenchConfig, root: Path | None = None, workdir: Pa
         "machine": machine_info(),
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": asdict(cfg),
+        "server_settings": shedding_settings(cfg),
         "mode": "stream" if cfg.stream else "rest",
         "workload": info,
         "n_maps": len(ids),
@@ -582,6 +583,17 @@ def run_serve_bench(cfg: ServeBenchConfig, root: Path | None = None, workdir: Pa
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
+
+
+def shedding_settings(cfg: ServeBenchConfig) -> dict:
+    """The server's effective frame limits in a run (its defaults, the environment, the flags)."""
+    from api.settings import Settings
+    flags = {k: v for k, v in (("max_frame_age_s", cfg.max_age_s), ("stream_max_pending", cfg.max_pending),
+                               ("max_queue_wait_s", cfg.max_wait_s)) if v is not None}
+    s = Settings(data_dir=Path("."), **flags)  # nothing is created: only the limits are read
+    return {"max_frame_age_s": s.max_frame_age_s, "max_queue_wait_s": s.max_queue_wait_s,
+            "stream_max_pending": s.stream_max_pending,
+            "rest_max_wait_ms": cfg.max_wait_s * 1000 if cfg.max_wait_s and not cfg.stream else None}
 
 
 def _first_answers(queries: Sequence[Query]) -> dict:
@@ -603,6 +615,16 @@ def _per_robot(queries: Sequence[Query], robots: int) -> list[dict]:
     return out
 
 
+def _limits_text(ss: dict | None, mode: str) -> str:
+    if not ss:
+        return ""
+    if mode == "stream":
+        wait = f"{ss['max_queue_wait_s']:g} s" if ss["max_queue_wait_s"] else "none"
+        return (f"; frames dropped past age {ss['max_frame_age_s']:g} s / wait {wait} / "
+                f"{ss['stream_max_pending']} waiting per session")
+    return f"; robots' max_wait_ms {ss['rest_max_wait_ms']:g}" if ss.get("rest_max_wait_ms") else ""
+
+
 def markdown_table(res: dict) -> str:
     def f(x, fmt="{:.0f}"):
         return "-" if x is None else fmt.format(x)
@@ -612,9 +634,7 @@ def markdown_table(res: dict) -> str:
     rows = [f"vloc bench serve: {c['robots']} robots x {c['hz']:g} Hz x {c['seconds']:g} s, "
             f"{res['mode'].upper()}, {res['n_maps']} map(s), "
             f"{c['workers']} server workers"
-            + (f", max frame age {c['max_age_s']:g} s" if c.get("max_age_s") is not None else "")
-            + (f", {c['max_pending']} waiting frame(s) per session" if c.get("max_pending") is not None else "")
-            + (f", max wait for a worker {c['max_wait_s']:g} s" if c.get("max_wait_s") else "")
+            + _limits_text(res.get("server_settings"), res["mode"])
             + (", REST with server-side tracking" if c.get("track") and not c["stream"] else ""),
             "",
             "| metric | value |", "|---|---|",

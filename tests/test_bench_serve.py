@@ -112,3 +112,6 @@ def test_end_to_end_on_generated_maps(tmp_path, stream):
     assert len(res["loadavg_before"]) == 3 and res["machine"]["cpu_count"]
     table = markdown_table(res)
     assert "| throughput (answered) |" in table and "map loads during the run" in table
+    limits = res["server_settings"]
+    assert limits["max_frame_age_s"] > 0 and limits["max_queue_wait_s"] >= 0 and limits["rest_max_wait_ms"] is None
+    assert ("frames dropped past age" in table) == stream
