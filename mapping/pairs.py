@@ -29,7 +29,8 @@ class PosePairConfig:
     min_overlap: float = 0.25
     #: depths (metres) at which the frustum of i is sampled.
     sample_depths: tuple[float, ...] = (0.8, 1.5, 3.0)
-    #: a pair also needs this much baseline (metres) or rotation, else it adds nothing.
+    #: a pair also needs this much baseline (metres): near-duplicate views add matches to match
+    #: but little parallax to triangulate (0 = any).
     min_baseline_m: float = 0.0
 
 
@@ -66,7 +67,8 @@ def pairs_from_poses(cameras: list[Camera], cams_from_world: list[Rigid3],
     dist, idx = np.atleast_2d(dist), np.atleast_2d(idx)
     scores: dict[tuple[int, int], float] = {}
     for i in range(n):
-        cand = [j for d, j in zip(dist[i], idx[i]) if j != i and d <= cfg.max_distance_m and j < n]
+        cand = [j for d, j in zip(dist[i], idx[i])
+                if j != i and cfg.min_baseline_m <= d <= cfg.max_distance_m and j < n]
         if not cand:
             continue
         ov = frustum_overlap(cameras[i], cams_from_world[i], [cameras[j] for j in cand],
