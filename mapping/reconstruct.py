@@ -199,20 +199,16 @@ def images_cam_from_world(rec: pycolmap.Reconstruction) -> dict[str, Rigid3]:
 
 def reprojection_errors(rec: pycolmap.Reconstruction) -> np.ndarray:
     """(num_observations,) reprojection errors in pixels over all tracks."""
-    errs = [np.zeros(0)]
+    names, keypoints, point_ids = [], [], []
     for im in rec.images.values():
-        if not im.has_pose:
-            continue
-        idx = im.get_observation_point2D_idxs()
+        idx = im.get_observation_point2D_idxs() if im.has_pose else []
         if not len(idx):
             continue
         points2d = im.points2D
-        xy = np.array([points2d[k].xy for k in idx], np.float64).reshape(-1, 2)
-        xyz = np.array([rec.points3D[points2d[k].point3D_id].xyz for k in idx], np.float64).reshape(-1, 3)
-        cam_from_world = Rigid3.from_pycolmap(im.cam_from_world())
-        uv = im.camera.img_from_cam(cam_from_world.transform(xyz), check_cheirality=False)
-        errs.append(np.linalg.norm(np.asarray(uv) - xy, axis=1))
-    return np.concatenate(errs)
+        names.append(im.name)
+        keypoints.append(np.array([points2d[k].xy for k in idx], np.float64).reshape(-1, 2))
+        point_ids.append(np.array([points2d[k].point3D_id for k in idx], np.int64))
+    return observation_errors(rec, names, keypoints, point_ids)
 
 
 def observation_errors(rec: pycolmap.Reconstruction, names: list[str], keypoints: list[np.ndarray],
@@ -220,12 +216,10 @@ def observation_errors(rec: pycolmap.Reconstruction, names: list[str], keypoints
     """Reprojection errors (pixels) of given observations, vectorised per image.
 
     names: registered images; keypoints[k]: (N_k, 2) pixels of image k; point_ids[k]: (N_k,) the
-    point3D each keypoint observes. Same values as :func:`reprojection_errors` for a model whose
-    images hold exactly these observations, without a Python call per observation.
+    point3D each keypoint observes (the build passes its arrays; :func:`reprojection_errors`
+    gathers them from a model's 2D points).
     """
-    ids = np.fromiter(rec.point3D_ids(), np.int64)
-    order = np.argsort(ids)
-    ids_sorted = ids[order]
+    ids_sorted = np.sort(np.fromiter(rec.point3D_ids(), np.int64))
     xyz = np.array([rec.points3D[int(i)].xyz for i in ids_sorted], np.float64).reshape(-1, 3)
     errs = [np.zeros(0)]
     for name, xy, pid in zip(names, keypoints, point_ids):
