@@ -5,6 +5,7 @@ import os
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from vloc.camera import Camera
 from vloc.geometry import Rigid3
 from vloc.imageio import read_image
 from vloc.progress import QUIET, Reporter
+from vloc.threads import kernel_threads
 from vloc.types import ImageRecord, VlocError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
@@ -109,7 +111,7 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
                       descriptors=f.descriptors)
         return f
 
-    with ThreadPoolExecutor(cfg.workers) as ex:
+    with kernel_threads(1) if cfg.workers > 1 else nullcontext(), ThreadPoolExecutor(cfg.workers) as ex:
         feats = list(reporter.track(ex.map(one, records), "features", total=len(records)))
     empty = [r.name for r, f in zip(records, feats) if len(f) < 20]
     if len(empty) == len(records):
@@ -160,7 +162,7 @@ def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[t
                                      mc.max_epipolar_error_px, mc.ransac_confidence)
         return pair, (vp if vp is not None and len(vp.matches) >= mc.min_inliers else None)
 
-    with ThreadPoolExecutor(cfg.workers) as ex:
+    with kernel_threads(1) if cfg.workers > 1 else nullcontext(), ThreadPoolExecutor(cfg.workers) as ex:
         results = list(reporter.track(ex.map(one, pairs), "matching", total=len(pairs)))
     return {p: vp for p, vp in results if vp is not None}
 

@@ -55,10 +55,26 @@ def column_max(sim: torch.Tensor, non_negative: bool = False) -> torch.Tensor:
 
 
 def row_top2(sim: torch.Tensor, non_negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N1, N2) similarities -> column indices (N1,) of each row's best and second best
-    (non-negative bf16 scores: ~2x faster through the int16 view, same picks)."""
-    best, second = _ranking_view(sim, non_negative).topk(2, dim=1).indices.unbind(1)
-    return best, second
+    """(N1, N2 >= 2) similarities -> column indices (N1,) of each row's best and second best.
+
+    Non-negative bf16 scores on the CPU go through numpy's vectorised int16 argmax: the best
+    column, then (with that column masked for a moment) the second; ~10x faster than
+    ``topk(2)``. Among equal scores the pick may differ from ``topk``'s. ``sim`` is left as it was.
+    """
+    view = _ranking_view(sim, non_negative)
+    if view.dtype != torch.int16 or view.device.type != "cpu" or not view.is_contiguous():
+        best, second = view.topk(2, dim=1).indices.unbind(1)
+        return best, second
+    a = view.numpy()
+    rows = np.arange(len(a))
+    best = a.argmax(axis=1)
+    kept = a[rows, best]
+    a[rows, best] = -1          # below every non-negative pattern
+    try:
+        second = a.argmax(axis=1)
+    finally:
+        a[rows, best] = kept
+    return torch.from_numpy(best), torch.from_numpy(second)
 
 
 def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutual: bool = True,
