@@ -185,7 +185,7 @@ def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feat
             continue
         f = feats[name_to_idx[im.name]]
         points2d = im.points2D
-        new_kp = np.array([points2d[k].xy for k in idx.tolist()], np.float64).reshape(-1, 2)
+        new_kp = f.keypoints[idx].astype(np.float64)   # the model's 2D points are these keypoints
         ids = np.fromiter((points2d[k].point3D_id for k in idx.tolist()), np.int64, len(idx))
         new_im = pycolmap.Image(name=im.name, keypoints=new_kp, camera_id=im.camera_id, image_id=image_id)
         out.add_image_with_trivial_frame(new_im, im.cam_from_world())
@@ -249,10 +249,15 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     fkeys = [_feature_key(r, sources["images"][r.name], cfg) for r in records] if cache is not None else None
     timings["features_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    index = RetrievalIndex.build([r.name for r in records], [f.descriptors for f in feats], cfg.retrieval)
-    timings["retrieval_s"] = time.perf_counter() - t
+    def build_index() -> RetrievalIndex:
+        t = time.perf_counter()
+        index = RetrievalIndex.build([r.name for r in records], [f.descriptors for f in feats], cfg.retrieval)
+        timings["retrieval_s"] = time.perf_counter() - t
+        return index
 
+    # Posed maps need the index only for the bundle: it is built beside the triangulation, which
+    # leaves most of the second core idle. Unposed maps choose their pairs with it.
+    index = None if posed else build_index()
     t = time.perf_counter()
     if posed:
         pairs = pairs_from_poses([r.camera for r in records], [r.cam_from_world for r in records], cfg.pairs)
@@ -268,10 +273,12 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
         raise VlocError("no image pair has enough verified matches")
 
     t = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vloc-build-") as work:
+    with tempfile.TemporaryDirectory(prefix="vloc-build-") as work, ThreadPoolExecutor(1) as side:
         sfm_used = None
         if posed:
+            pending_index = side.submit(build_index)
             rec = triangulate_known_poses(records, feats, verified, Path(work), cfg.reconstruction)
+            index = pending_index.result()
         else:
             rec, sfm_used = structure_from_motion(records, feats, verified, Path(work), cfg.reconstruction)
     removed = filter_points(rec, cfg.reconstruction)

@@ -39,6 +39,35 @@ def normalise_descriptors(desc: np.ndarray) -> np.ndarray:
     return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-8)
 
 
+#: int8 quantisation of RootSIFT for candidate search: x320, rounded, saturating at 127. RootSIFT
+#: entries stay below ~0.34 in practice (SIFT clips its histogram at 0.2; measured max 0.338 over
+#: 43k keypoints of indoor and outdoor images), so only degenerate descriptors saturate. The int32
+#: dot products rank candidates like the float scores up to ~0.001; every kept candidate is
+#: rescored exactly afterwards.
+INT8_SCALE = 320.0
+#: the mutual check on int8 scores keeps a row whose score is within this of its column's best
+#: (0.004: about the spacing of bf16 scores, whose ties the bf16 path lets through the same way);
+#: the exact scores then keep one row per column.
+INT8_MUTUAL_SLACK = round(0.004 * INT8_SCALE ** 2)
+
+
+def quantize_int8(d: torch.Tensor) -> torch.Tensor:
+    """(N, D) non-negative float descriptors (RootSIFT) -> (N, D) int8 (x INT8_SCALE, saturated)."""
+    return torch.round(d * INT8_SCALE).clamp_(max=127).to(torch.int8)
+
+
+def candidate_scores(a: torch.Tensor, b: torch.Tensor, non_negative: bool) -> torch.Tensor:
+    """(N1, D), (N2, D) unit-norm descriptors -> (N1, N2) scores that rank like ``a @ b.T``.
+
+    Non-negative descriptors (RootSIFT) on the CPU: an int8 GEMM with int32 output (~2x the bf16
+    GEMM on AVX512-VNNI; measured 4.9 vs 9.7 ms for 2,700 x 2,700 on one core). Else bf16.
+    Both are for ranking only; exact scores are computed for the picked candidates.
+    """
+    if non_negative and a.device.type == "cpu":
+        return torch._int_mm(quantize_int8(a), quantize_int8(b).T)
+    return a.to(torch.bfloat16) @ b.to(torch.bfloat16).T
+
+
 def _ranking_view(sim: torch.Tensor, non_negative: bool) -> torch.Tensor:
     """``sim`` itself, or for non-negative bf16 scores (dot products of RootSIFT descriptors) its
     int16 bit patterns: they order exactly like the values, and CPUs reduce them much faster."""
@@ -51,25 +80,28 @@ def column_max(sim: torch.Tensor, non_negative: bool = False) -> torch.Tensor:
     A bf16 column reduction is slow on CPUs (~6x a row reduction); through the int16 view of
     non-negative scores it takes ~1/6 of the time, same result.
     """
-    return _ranking_view(sim, non_negative).amax(dim=0).view(sim.dtype)
+    view = _ranking_view(sim, non_negative)
+    if view.device.type == "cpu" and view.dtype in (torch.int16, torch.int32) and view.is_contiguous():
+        return torch.from_numpy(view.numpy().max(axis=0)).view(sim.dtype)  # numpy: ~3x torch on int32
+    return view.amax(dim=0).view(sim.dtype)
 
 
 def row_top2(sim: torch.Tensor, non_negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(N1, N2 >= 2) similarities -> column indices (N1,) of each row's best and second best.
 
-    Non-negative bf16 scores on the CPU go through numpy's vectorised int16 argmax: the best
+    Non-negative bf16 or integer scores on the CPU go through numpy's vectorised argmax: the best
     column, then (with that column masked for a moment) the second; ~10x faster than
     ``topk(2)``. Among equal scores the pick may differ from ``topk``'s. ``sim`` is left as it was.
     """
     view = _ranking_view(sim, non_negative)
-    if view.dtype != torch.int16 or view.device.type != "cpu" or not view.is_contiguous():
+    if view.dtype not in (torch.int16, torch.int32) or view.device.type != "cpu" or not view.is_contiguous():
         best, second = view.topk(2, dim=1).indices.unbind(1)
         return best, second
     a = view.numpy()
     rows = np.arange(len(a))
     best = a.argmax(axis=1)
     kept = a[rows, best]
-    a[rows, best] = -1          # below every non-negative pattern
+    a[rows, best] = -1          # below every non-negative score
     try:
         second = a.argmax(axis=1)
     finally:
@@ -88,17 +120,18 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutua
         return np.zeros((0, 2), np.int64)
     a = torch.as_tensor(d1, dtype=torch.float32)
     b = torch.as_tensor(d2, dtype=torch.float32)
-    # Candidates from a bf16 GEMM (fast on AVX512-BF16 CPUs and GPUs); exact float32 scores after.
-    sim = a.to(torch.bfloat16) @ b.to(torch.bfloat16).T
     if non_negative is None:
         non_negative = bool(a.min() >= 0) and bool(b.min() >= 0)
+    # Candidates from a low-precision GEMM; exact float32 scores after.
+    sim = candidate_scores(a, b, non_negative)
     best, second = row_top2(sim, non_negative)   # one pass over the rows
     rows = torch.arange(len(a), device=sim.device)
     if mutual:
         # row i's best column j is mutual when no other row scores higher on j: compare with the
         # column maxima (amax over dim 0 is ~10x cheaper than max-with-indices there); rows tied
-        # in bf16 on one column are resolved below by their exact score
-        rows = torch.nonzero(sim[rows, best] >= column_max(sim, non_negative)[best]).squeeze(1)
+        # within the scores' precision on one column are resolved below by their exact score
+        slack = INT8_MUTUAL_SLACK if sim.dtype == torch.int32 else 0
+        rows = torch.nonzero(sim[rows, best] + slack >= column_max(sim, non_negative)[best]).squeeze(1)
     # exact float32 scores (ratio test) only for the rows still in play
     jb, js = best[rows], second[rows]
     s_best = (a[rows] * b[jb]).sum(dim=1)

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from mapping.features import root_sift
-from mapping.matching import column_max, match_descriptors, row_top2
+from mapping.matching import (INT8_SCALE, candidate_scores, column_max, match_descriptors, quantize_int8,
+                              row_top2)
 
 
 def _scores(n1: int, n2: int, seed: int) -> torch.Tensor:
@@ -50,3 +51,42 @@ def test_match_descriptors_finds_the_planted_matches():
     truth = {(i, 500 + i) for i in range(400)}
     assert len(m) >= 390 and {tuple(x) for x in m.tolist()} <= truth
     assert np.array_equal(m, match_descriptors(root_sift(d1), root_sift(d2), non_negative=True))
+
+
+def _rootsift_like(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    d = torch.rand(n, 128, generator=g) ** 4
+    return d / d.norm(dim=1, keepdim=True)
+
+
+def test_int8_candidate_scores_rank_like_the_float_scores():
+    a, b = _rootsift_like(300, 0), _rootsift_like(400, 1)
+    s = candidate_scores(a, b, non_negative=True)
+    assert s.dtype == torch.int32
+    exact = a @ b.T
+    assert float((s.float() / INT8_SCALE ** 2 - exact).abs().max()) < 0.01
+    # each row's int8 pick is the exact best, or within the quantisation error of it
+    best, second = row_top2(s, non_negative=True)
+    rows = torch.arange(len(a))
+    assert float((exact.max(dim=1).values - exact[rows, best]).max()) < 0.005
+    assert bool((best != second).all())
+    top = s.topk(2, dim=1).values
+    assert torch.equal(s[rows, best], top[:, 0]) and torch.equal(s[rows, second], top[:, 1])
+    assert torch.equal(column_max(s, non_negative=True), s.amax(dim=0))
+    assert torch.equal(s, candidate_scores(a, b, non_negative=True))  # deterministic
+
+
+def test_int8_quantisation_saturates_instead_of_wrapping():
+    d = torch.tensor([[1.0] + [0.0] * 127, [0.3] * 128])
+    q = quantize_int8(d)
+    assert q.dtype == torch.int8 and int(q[0, 0]) == 127 and int(q[1, 0]) == round(0.3 * INT8_SCALE)
+
+
+def test_int8_and_bf16_paths_find_the_same_planted_matches():
+    rng = np.random.default_rng(1)
+    d1 = rng.integers(0, 60, (600, 128)).astype(np.uint8)
+    d2 = np.concatenate([rng.integers(0, 60, (300, 128)).astype(np.uint8),
+                         d1[:300] + rng.integers(0, 4, (300, 128)).astype(np.uint8)])
+    int8 = match_descriptors(root_sift(d1), root_sift(d2), non_negative=True)      # int8 GEMM on the CPU
+    float_path = match_descriptors(root_sift(d1) - 0.0, root_sift(d2), non_negative=False)  # bf16
+    assert {tuple(x) for x in int8.tolist()} == {tuple(x) for x in float_path.tolist()}
