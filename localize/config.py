@@ -38,7 +38,8 @@ class LocalizerConfig:
     #: with a pose prior, candidates lie within max(prior_radius_m, 3 sigma) of the prior position.
     prior_radius_m: float = 2.0
 
-    #: maps whose bf16 RootSIFT table fits in this many MB keep it in memory (faster queries);
+    #: maps whose int8 RootSIFT table (128 bytes per observation) fits in this many MB keep it in
+    #: memory (faster queries);
     #: larger maps compute it per query for the retrieved images only (bounded memory).
     rootsift_cache_mb: float = 256.0
 

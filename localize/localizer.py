@@ -5,6 +5,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ from localize.config import LocalizerConfig
 from localize.map import LocalizationMap
 from localize.result import LocalizationResult, PosePrior
 from mapping.features import Features, SiftBackend, SiftConfig, root_sift
-from mapping.matching import row_top2
+from mapping.matching import quantize_int8, search_int8_candidates
 from mapping.retrieval import InvertedFile
 from vloc.camera import Camera
 from vloc.geometry import Rigid3
@@ -58,22 +59,25 @@ def centre_covariance(cam_from_world: Rigid3, covariance: np.ndarray) -> np.ndar
     return J @ covariance @ J.T
 
 
-def match_to_points(query_desc: torch.Tensor, map_desc: torch.Tensor, obs_point: np.ndarray,
-                    ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Match (Q, D) query RootSIFT descriptors (non-negative, unit norm) to (M, D) map descriptors,
-    one per distinct 3D point obs_point (M,).
+def match_to_points(query_desc: torch.Tensor, map_int8: torch.Tensor, map_exact: Callable[[np.ndarray], torch.Tensor],
+                    obs_point: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Match (Q, D) float32 query RootSIFT descriptors (non-negative, unit norm) to M map
+    observations, one per distinct 3D point obs_point (M,).
 
+    map_int8: (M, D) int8 RootSIFT of the observations (candidate search);
+    map_exact(rows) -> (len(rows), D) float32 RootSIFT of some of them (exact scores).
     Ratio test between the best and second-best point; each point keeps its best query keypoint.
     Returns (query indices, point rows).
     """
-    if len(query_desc) < 2 or len(map_desc) < 2:
+    if len(query_desc) < 2 or len(map_int8) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    # Candidate search in the map's storage precision (bf16 on CPU/GPU), exact scores in float32.
-    sim = query_desc.to(map_desc.dtype) @ map_desc.T
-    j1, j2 = row_top2(sim, non_negative=True)  # best and second best in one pass (RootSIFT >= 0)
-    q32 = query_desc.float()
-    s1 = (q32 * map_desc[j1].float()).sum(dim=1)
-    s2 = (q32 * map_desc[j2].float()).sum(dim=1)
+    # Candidate search on int8 scores (an int8 GEMM), exact float32 scores for the picks.
+    c = search_int8_candidates(quantize_int8(query_desc), map_int8, column_max_too=False)
+    j1, j2 = c.best, c.second  # best and second best (RootSIFT >= 0)
+    picked, inverse = np.unique(np.concatenate([j1.numpy(), j2.numpy()]), return_inverse=True)
+    exact = map_exact(picked)[torch.from_numpy(inverse)]
+    s1 = (query_desc * exact[: len(j1)]).sum(dim=1)
+    s2 = (query_desc * exact[len(j1):]).sum(dim=1)
     d1 = torch.sqrt(torch.clamp(2 - 2 * s1, min=0))
     d2 = torch.sqrt(torch.clamp(2 - 2 * s2, min=0))
     keep = torch.nonzero(d1 <= ratio * d2).squeeze(1).numpy()
@@ -236,8 +240,8 @@ class Localizer:
 
         obs = first_observation_per_point(m.observations(rows), m.obs_point)
         q_desc = torch.from_numpy(root_sift(feats.descriptors))
-        m_desc = m.rootsift(obs)
-        qi, pi = match_to_points(q_desc, m_desc, m.obs_point[obs], cfg.ratio)
+        qi, pi = match_to_points(q_desc, m.rootsift_int8(obs), lambda rows: m.rootsift(obs[rows]),
+                                 m.obs_point[obs], cfg.ratio)
         result.num_matches = len(qi)
         lap("matching")
         if len(qi) < max(cfg.min_inliers, 6):

@@ -5,6 +5,7 @@ Matches are (M, 2) int64 arrays of keypoint indices (image 1, image 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -56,18 +57,6 @@ def quantize_int8(d: torch.Tensor) -> torch.Tensor:
     return torch.round(d * INT8_SCALE).clamp_(max=127).to(torch.int8)
 
 
-def candidate_scores(a: torch.Tensor, b: torch.Tensor, non_negative: bool) -> torch.Tensor:
-    """(N1, D), (N2, D) unit-norm descriptors -> (N1, N2) scores that rank like ``a @ b.T``.
-
-    Non-negative descriptors (RootSIFT) on the CPU: an int8 GEMM with int32 output (~2x the bf16
-    GEMM on AVX512-VNNI; measured 4.9 vs 9.7 ms for 2,700 x 2,700 on one core). Else bf16.
-    Both are for ranking only; exact scores are computed for the picked candidates.
-    """
-    if non_negative and a.device.type == "cpu":
-        return torch._int_mm(quantize_int8(a), quantize_int8(b).T)
-    return a.to(torch.bfloat16) @ b.to(torch.bfloat16).T
-
-
 def _ranking_view(sim: torch.Tensor, non_negative: bool) -> torch.Tensor:
     """``sim`` itself, or for non-negative bf16 scores (dot products of RootSIFT descriptors) its
     int16 bit patterns: they order exactly like the values, and CPUs reduce them much faster."""
@@ -109,6 +98,64 @@ def row_top2(sim: torch.Tensor, non_negative: bool = False) -> tuple[torch.Tenso
     return torch.from_numpy(best), torch.from_numpy(second)
 
 
+@dataclass
+class Candidates:
+    """Each row's two best columns by candidate score, and per column the best score of any row.
+
+    best, second: (N1,) int64 columns; best_score: (N1,) the candidate score of ``best``;
+    column_max: (N2,) or None when not asked for. Scores: int32 (int8 GEMM) or bf16.
+    """
+
+    best: torch.Tensor
+    second: torch.Tensor
+    best_score: torch.Tensor
+    column_max: torch.Tensor | None
+
+
+#: bytes of candidate scores computed at a time: a block of rows stays in cache and in memory
+#: the allocator reuses (one 2,048 x 5,000 int32 matrix is 40 MB; glibc maps allocations that
+#: large fresh each time, and the page faults cost more than the GEMM: 15 vs 3 ms).
+CANDIDATE_BLOCK_BYTES = 4 << 20
+
+
+def search_candidates(a: torch.Tensor, b: torch.Tensor, non_negative: bool, column_max_too: bool = True,
+                      block_bytes: int = CANDIDATE_BLOCK_BYTES) -> Candidates:
+    """(N1, D), (N2 >= 2, D) unit-norm float descriptors -> :class:`Candidates`, computed over
+    blocks of rows: the (N1, N2) score matrix never exists at once.
+
+    Non-negative descriptors (RootSIFT) on the CPU are scored by an int8 GEMM with int32 output
+    (~2x the bf16 GEMM on AVX512-VNNI: 4.9 vs 9.7 ms for 2,700 x 2,700 on one core); else bf16.
+    Both are for ranking only; callers compute exact scores for the picked candidates.
+    """
+    if non_negative and a.device.type == "cpu":
+        return search_int8_candidates(quantize_int8(a), quantize_int8(b), column_max_too, block_bytes)
+    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    return _search(lambda rows: a16[rows] @ b16.T, len(a), len(b), non_negative, column_max_too, block_bytes)
+
+
+def search_int8_candidates(qa: torch.Tensor, qb: torch.Tensor, column_max_too: bool = True,
+                           block_bytes: int = CANDIDATE_BLOCK_BYTES) -> Candidates:
+    """:func:`search_candidates` for descriptors already quantised by :func:`quantize_int8`
+    (N1, D), (N2 >= 2, D) int8 (CPU)."""
+    return _search(lambda rows: torch._int_mm(qa[rows], qb.T), len(qa), len(qb), True, column_max_too, block_bytes)
+
+
+def _search(scores: Callable[[slice], torch.Tensor], n1: int, n2: int, non_negative: bool, column_max_too: bool,
+            block_bytes: int) -> Candidates:
+    step = max(16, block_bytes // (4 * n2))
+    bests, seconds, best_scores, col = [], [], [], None
+    for r in range(0, n1, step):
+        sim = scores(slice(r, r + step))
+        best, second = row_top2(sim, non_negative)
+        bests.append(best)
+        seconds.append(second)
+        best_scores.append(sim[torch.arange(len(sim), device=sim.device), best])
+        if column_max_too:
+            cm = column_max(sim, non_negative)
+            col = cm if col is None else torch.maximum(col, cm)
+    return Candidates(torch.cat(bests), torch.cat(seconds), torch.cat(best_scores), col)
+
+
 def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutual: bool = True,
                       non_negative: bool | None = None) -> np.ndarray:
     """Nearest-neighbour matching of unit-norm float32 descriptors (N1, D), (N2, D) -> (M, 2) int64.
@@ -123,15 +170,15 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutua
     if non_negative is None:
         non_negative = bool(a.min() >= 0) and bool(b.min() >= 0)
     # Candidates from a low-precision GEMM; exact float32 scores after.
-    sim = candidate_scores(a, b, non_negative)
-    best, second = row_top2(sim, non_negative)   # one pass over the rows
-    rows = torch.arange(len(a), device=sim.device)
+    c = search_candidates(a, b, non_negative, column_max_too=mutual)
+    best, second = c.best, c.second
+    rows = torch.arange(len(a), device=best.device)
     if mutual:
         # row i's best column j is mutual when no other row scores higher on j: compare with the
         # column maxima (amax over dim 0 is ~10x cheaper than max-with-indices there); rows tied
         # within the scores' precision on one column are resolved below by their exact score
-        slack = INT8_MUTUAL_SLACK if sim.dtype == torch.int32 else 0
-        rows = torch.nonzero(sim[rows, best] + slack >= column_max(sim, non_negative)[best]).squeeze(1)
+        slack = INT8_MUTUAL_SLACK if c.best_score.dtype == torch.int32 else 0
+        rows = torch.nonzero(c.best_score + slack >= c.column_max[best]).squeeze(1)
     # exact float32 scores (ratio test) only for the rows still in play
     jb, js = best[rows], second[rows]
     s_best = (a[rows] * b[jb]).sum(dim=1)

@@ -103,7 +103,7 @@ def test_covariance_grows_when_inliers_are_removed(localizer, queries):
     import torch
     obs = first_observation_per_point(m.observations(localizer.retrieve(feats, None)), m.obs_point)
     qi, pi = match_to_points(torch.from_numpy(root_sift(feats.descriptors)),
-                             m.rootsift(obs), m.obs_point[obs], 0.9)
+                             m.rootsift_int8(obs), lambda rows: m.rootsift(obs[rows]), m.obs_point[obs], 0.9)
     xy, xyz = feats.keypoints[qi].astype(np.float64), m.points_xyz[pi]
     full = estimate_pose(xy, xyz, camera, localizer.cfg)
     inl = np.nonzero(full.inlier_mask)[0]

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from mapping.features import root_sift
-from mapping.matching import (INT8_SCALE, candidate_scores, column_max, match_descriptors, quantize_int8,
-                              row_top2)
+from mapping.matching import (INT8_SCALE, column_max, match_descriptors, quantize_int8, row_top2,
+                              search_candidates)
 
 
 def _scores(n1: int, n2: int, seed: int) -> torch.Tensor:
@@ -61,19 +61,33 @@ def _rootsift_like(n: int, seed: int) -> torch.Tensor:
 
 def test_int8_candidate_scores_rank_like_the_float_scores():
     a, b = _rootsift_like(300, 0), _rootsift_like(400, 1)
-    s = candidate_scores(a, b, non_negative=True)
-    assert s.dtype == torch.int32
+    s = torch._int_mm(quantize_int8(a), quantize_int8(b).T)
     exact = a @ b.T
     assert float((s.float() / INT8_SCALE ** 2 - exact).abs().max()) < 0.01
     # each row's int8 pick is the exact best, or within the quantisation error of it
     best, second = row_top2(s, non_negative=True)
     rows = torch.arange(len(a))
     assert float((exact.max(dim=1).values - exact[rows, best]).max()) < 0.005
-    assert bool((best != second).all())
     top = s.topk(2, dim=1).values
     assert torch.equal(s[rows, best], top[:, 0]) and torch.equal(s[rows, second], top[:, 1])
     assert torch.equal(column_max(s, non_negative=True), s.amax(dim=0))
-    assert torch.equal(s, candidate_scores(a, b, non_negative=True))  # deterministic
+
+
+def test_blocked_candidate_search_equals_the_whole_matrix():
+    a, b = _rootsift_like(333, 2), _rootsift_like(250, 3)
+    s = torch._int_mm(quantize_int8(a), quantize_int8(b).T)
+    best, second = row_top2(s, non_negative=True)
+    for block_bytes in (1, 7 * 4 * 250, 1 << 30):  # 16-row minimum, uneven blocks, one block
+        c = search_candidates(a, b, non_negative=True, block_bytes=block_bytes)
+        assert torch.equal(c.best, best) and torch.equal(c.second, second)
+        assert torch.equal(c.best_score, s[torch.arange(len(a)), best])
+        assert torch.equal(c.column_max, s.amax(dim=0))
+    f = search_candidates(a, b, non_negative=False, block_bytes=4 * 250 * 20)  # bf16 path, blocked
+    assert f.best_score.dtype == torch.bfloat16 and f.column_max.shape == (250,)
+    sim16 = a.bfloat16() @ b.bfloat16().T
+    assert torch.equal(f.column_max, sim16.amax(dim=0))
+    assert torch.equal(f.best_score, sim16.amax(dim=1))
+    assert search_candidates(a, b, True, column_max_too=False).column_max is None
 
 
 def test_int8_quantisation_saturates_instead_of_wrapping():
