@@ -9,7 +9,7 @@ Layout (format version 1)::
                         frames.bin); images keep only the 2D points that observe a 3D point
       features.h5       HDF5, flat arrays over all map observations, image by image, in the
                         order of each image's 2D points in model/ (their pixels live there):
-                          descriptors (T, D) uint8 | float32 (gzip + shuffle, chunked)
+                          descriptors (T, D) uint8 | float32 (gzip, + shuffle for float32; chunked)
                           point3D_ids (T,) int32 (ids in model/)
                           points3D_id (P,) int32, points3D_xyz (P, 3) float64: every model point,
                             sorted by id (a copy of model/ for loading without parsing it)
@@ -28,6 +28,8 @@ import json
 import os
 import shutil
 import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -163,8 +165,7 @@ def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray
         raise ValueError("3D point ids beyond int32")
     with h5py.File(path, "w") as f:
         f.attrs["layout"] = "flat-observations-v1"
-        f.create_dataset("descriptors", data=desc, compression="gzip", compression_opts=4, shuffle=True,
-                         chunks=(min(max(len(desc), 1), 8192), desc.shape[1]))
+        write_compressed(f, "descriptors", desc)
         f.create_dataset("point3D_ids", data=ids.astype(np.int32))
         f.create_dataset("image_offsets", data=offsets)
         f.create_dataset("image_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
@@ -172,6 +173,43 @@ def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray
         f.create_dataset("points3D_id", data=np.asarray(points_id)[order].astype(np.int32))
         f.create_dataset("points3D_xyz", data=np.asarray(points_xyz, np.float64)[order])
         f.create_dataset("image_centres", data=np.asarray(image_centres, np.float64).reshape(-1, 3))
+
+
+#: gzip level and rows per chunk of the descriptor table.
+DESCRIPTOR_GZIP_LEVEL = 4
+DESCRIPTOR_CHUNK_ROWS = 8192
+
+
+def write_compressed(f: h5py.File, name: str, data: np.ndarray, chunk_rows: int = DESCRIPTOR_CHUNK_ROWS,
+                     level: int = DESCRIPTOR_GZIP_LEVEL, workers: int = max(1, os.cpu_count() or 1)) -> None:
+    """A chunked, gzip-compressed (N, D) dataset; any reader decompresses it as usual.
+
+    uint8 tables are deflated chunk by chunk on ``workers`` threads (zlib releases the GIL; HDF5's
+    own filter runs on one core) and stored with ``write_direct_chunk``: the same bytes HDF5's
+    deflate filter writes. Shuffle is left out there: it does nothing to one-byte elements.
+    Other dtypes (float descriptors) go through HDF5's gzip + shuffle filters.
+    """
+    if len(data) == 0:  # HDF5 cannot chunk an empty dataset
+        f.create_dataset(name, data=data)
+        return
+    rows = min(len(data), chunk_rows)
+    if data.dtype != np.uint8 or len(data) <= rows:
+        f.create_dataset(name, data=data, compression="gzip", compression_opts=level, shuffle=data.dtype != np.uint8,
+                         chunks=(rows, data.shape[1]))
+        return
+    ds = f.create_dataset(name, shape=data.shape, dtype=data.dtype, chunks=(rows, data.shape[1]),
+                          compression="gzip", compression_opts=level)
+    starts = range(0, len(data), rows)
+
+    def deflate(start: int) -> bytes:
+        chunk = data[start:start + rows]
+        if len(chunk) < rows:  # HDF5 stores edge chunks at full size
+            chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), data.shape[1]), data.dtype)])
+        return zlib.compress(np.ascontiguousarray(chunk).tobytes(), level)
+
+    with ThreadPoolExecutor(workers) as ex:
+        for start, blob in zip(starts, ex.map(deflate, starts)):
+            ds.id.write_direct_chunk((start, 0), blob)
 
 
 @dataclass

@@ -43,14 +43,18 @@ def frustum_overlap(cam_i: Camera, cam_from_world_i: Rigid3, cams_j: list[Camera
     pts_cam = np.concatenate([rays * d for d in depths])
     pts_world = cam_from_world_i.inverse().transform(pts_cam)
     out = np.zeros(len(cams_j))
-    for k, (cam_j, T_j) in enumerate(zip(cams_j, cam_from_world_j)):
-        pc = T_j.transform(pts_world)
-        front = pc[:, 2] > 0.05
-        if not front.any():
-            continue
+    groups: dict[Camera, list[int]] = {}
+    for k, cam_j in enumerate(cams_j):
+        groups.setdefault(cam_j, []).append(k)
+    for cam_j, ks in groups.items():  # one projection call per distinct camera
+        R = np.stack([cam_from_world_j[k].rotation for k in ks])          # (J, 3, 3)
+        t = np.stack([cam_from_world_j[k].translation for k in ks])       # (J, 3)
+        pc = np.einsum("jab,sb->jsa", R, pts_world) + t[:, None, :]      # (J, S, 3) in camera j
+        front = pc[..., 2] > 0.05
+        owner = np.nonzero(front)[0]
         uv = cam_j.project(pc[front])
         inside = (uv[:, 0] >= 0) & (uv[:, 0] < cam_j.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam_j.height)
-        out[k] = inside.sum() / len(pts_world)
+        out[ks] = np.bincount(owner[inside], minlength=len(ks)) / len(pts_world)
     return out
 
 
