@@ -626,6 +626,7 @@ def _limits_text(ss: dict | None, mode: str) -> str:
 
 
 def markdown_table(res: dict) -> str:
+    from mapping.bench import machine_line
     def f(x, fmt="{:.0f}"):
         return "-" if x is None else fmt.format(x)
 
@@ -670,7 +671,7 @@ def markdown_table(res: dict) -> str:
     lb, la = res["loadavg_before"], res["loadavg_after"]
     m = res["machine"]
     rows += ["", f"frames: {w['frames']}",
-             f"machine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}, CUDA={m['cuda']}",
+             machine_line(m),
              f"load average (1/5/15 min) before: {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}, "
              f"after: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (robots + server share these cores)"]
     return "\n".join(rows)

@@ -478,6 +478,7 @@ def _fmt(x: float | None, digits: int) -> str:
 
 def markdown_table(result: dict) -> str:
     """One row per protocol/ground truth and per degradation; then the maps and the machine."""
+    from mapping.bench import machine_line
     head = ("| run | gt | queries | rejected | median t (cm) | median r (deg) | 2cm/1deg % | 5cm/5deg % "
             "| 10cm/1deg % | 25cm/2deg % | 1m/5deg % | p50 ms | p90 ms |")
     rows = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -501,6 +502,5 @@ def markdown_table(result: dict) -> str:
             lines.append(f"{protocol} map (pgt_sfm): {mp['n_images']} images, {mp['n_points']} points, "
                          f"{mp['bytes_per_image'] / 1e3:.0f} kB/image, built in {mp['build_s']:.1f} s")
     m = result["machine"]
-    lines.append(f"machine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}, CUDA={m['cuda']}; "
-                 f"repeats={result.get('repeats', 1)}")
+    lines.append(f"{machine_line(m)}; repeats={result.get('repeats', 1)}")
     return "\n".join(lines)

@@ -498,6 +498,7 @@ def run_scale_bench(sizes: Sequence[int] = DEFAULT_SIZES, n_queries: int = 30, w
 
 
 def markdown_table(result: dict) -> str:
+    from mapping.bench import machine_line
     def f(x, fmt="{:.0f}"):
         return "-" if x is None else fmt.format(x)
 
@@ -521,7 +522,7 @@ def markdown_table(result: dict) -> str:
             f"{f(a['pct_accepted'])} | {f(a['median_t_cm_accepted'], '{:.2f}')} / "
             f"{f(a['median_r_deg_accepted'], '{:.3f}')} | {a['wrong_accepted']} | {f(a['pct_top1_right_room'])} |")
     m = result["machine"]
-    rows.append(f"\nmachine: {m['processor']}, {m['cpu_count']} cores, {m['platform']}, CUDA={m['cuda']}")
+    rows.append("\n" + machine_line(m))
     loads = [f"{k}: {e['loadavg_1m'][0]:.1f} -> {e['loadavg_1m'][1]:.1f}" for k, e in result["sizes"].items()
              if e.get("loadavg_1m") and None not in e["loadavg_1m"]]
     if loads:

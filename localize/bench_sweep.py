@@ -15,7 +15,7 @@ from pathlib import Path
 from localize.bench7scenes import Bench7ScenesConfig, load_ground_truth, read_rgb, run_queries
 from localize.config import LocalizerConfig
 from localize.localizer import Localizer
-from mapping.bench import machine_info
+from mapping.bench import machine_info, machine_line
 from mapping.build import BuildConfig, build_map
 
 #: the grid: (working resolution = longest side, query keypoints, top-k)
@@ -63,6 +63,5 @@ def markdown_table(result: dict) -> str:
                      f"{f(r['pct_5cm_5deg'], 0)} | {f(r['latency_ms']['p50'], 0)} / {f(r['latency_ms']['p90'], 0)} | "
                      f"{f(st.get('features'), 0)} / {f(st.get('matching'), 0)} / {f(st.get('pose'), 0)} |")
     m = result["machine"]
-    lines.append(f"\nmachine: {m['processor']}, {m['cpu_count']} cores, CUDA={m['cuda']}; "
-                 f"latency: median of {result['repeats']} repeats")
+    lines.append(f"\n{machine_line(m)}; latency: median of {result['repeats']} repeats")
     return "\n".join(lines)
