@@ -133,6 +133,8 @@ class LocalizeResponse(BaseModel):
     retrieved: list[str]
     num_keypoints: int
     timings_ms: dict[str, float | None]
+    attempt: str = Field("full", description='setting that produced the result: "full", or the cheaper first '
+                                             'attempt "coarse" (no prior) / "tracking" (prior) when kept')
     map_id: str
     map_version: str
     robot_id: str | None = None

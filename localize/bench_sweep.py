@@ -38,7 +38,8 @@ def run_sweep(root: Path, grid=DEFAULT_GRID, repeats: int = 3, out_json: Path | 
     with tempfile.TemporaryDirectory(prefix="vloc-sweep-") as tmp:
         build_map(root, map_recs, Path(tmp) / "map", BuildConfig())
         for side, kps, k in grid:
-            lcfg = replace(LocalizerConfig(), max_image_side=side, max_keypoints=kps, top_k=k)
+            # each setting alone (no coarse first attempt in front of it)
+            lcfg = replace(LocalizerConfig(), max_image_side=side, max_keypoints=kps, top_k=k, coarse_max_image_side=0)
             run = run_queries(Localizer(Path(tmp) / "map", lcfg), images, q_recs, repeats=repeats)
             rows.append({"max_image_side": side, "max_keypoints": kps, "top_k": k,
                          **run.metrics()})

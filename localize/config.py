@@ -43,6 +43,18 @@ class LocalizerConfig:
     #: larger maps compute it per query for the retrieved images only (bounded memory).
     rootsift_cache_mb: float = 256.0
 
+    # coarse to fine (no pose prior): a cheaper first attempt, the full setting as fallback ------
+    #: working resolution of the first attempt for queries without a prior (0 = full setting only);
+    #: same keypoint budget and k. Measured (`vloc bench 7scenes --repeats 3`, revisit vs pgt_sfm,
+    #: one window, SIFT probe 81 ms): 640 px alone: 0.66 cm median, 85 % within 2 cm / 1 deg,
+    #: p50 / p90 56-82 / 68-99 ms; 400 px first: 0.76 cm, 85 %, 32-35 / 39-45 ms, every
+    #: degradation 100 % within 15 cm / 5 deg (the JPEG-15 frame the 400 px attempt rejects is
+    #: recovered by the fallback); 320 px: 1.0 cm, 70 %.
+    coarse_max_image_side: int = 400
+    #: the coarse pose is kept only when accepted with at least this many inliers (20 = whenever
+    #: it is accepted), else the full setting runs.
+    coarse_min_inliers: int = 20
+
     # tracking (a pose prior is given): a cheaper first attempt, the full setting as fallback -----
     #: working resolution while tracking (0 = no tracking mode: priors only narrow retrieval).
     #: Measured (`vloc bench serve --stream`, 20 robots x 2 Hz on 2 cores, redkitchen): 480 px

@@ -5,7 +5,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -134,6 +134,42 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, cf
     return PoseEstimate(pose, cov, inl, float(np.nanmedian(reproj)) if len(reproj) else None, pos_sigma, rot_sigma)
 
 
+class Attempt(NamedTuple):
+    """One setting a query can run at: working resolution (longest side, 0 = native), query
+    keypoint budget, and the number of map images retrieved."""
+
+    name: str
+    max_image_side: int
+    max_keypoints: int
+    top_k: int
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """The full setting, and the cheaper first attempts that fall back to it (None = off):
+    ``tracking`` for queries with a pose prior, ``coarse`` for queries without one."""
+
+    full: Attempt
+    tracking: Attempt | None
+    coarse: Attempt | None
+
+    @staticmethod
+    def from_config(c: LocalizerConfig) -> "Attempts":
+        return Attempts(
+            Attempt("full", c.max_image_side, c.max_keypoints, c.top_k),
+            Attempt("tracking", c.tracking_max_image_side, c.tracking_max_keypoints, c.tracking_top_k)
+            if c.tracking_max_image_side > 0 else None,
+            Attempt("coarse", c.coarse_max_image_side, c.max_keypoints, c.top_k) if c.coarse_max_image_side > 0
+            else None)
+
+    def reduces(self, first: Attempt, image_side: int) -> bool:
+        """Whether ``first`` does less work than the full setting on an image of this longest side."""
+        def side(a: Attempt) -> int:
+            return min(image_side, a.max_image_side) if a.max_image_side > 0 else image_side
+        return (side(first), first.max_keypoints, first.top_k) != (side(self.full), self.full.max_keypoints,
+                                                                     self.full.top_k)
+
+
 class Localizer:
     """Loads a bundle once; ``localize(image, camera)`` per frame. Safe to call from several threads."""
 
@@ -147,26 +183,27 @@ class Localizer:
         self.ivf = (InvertedFile.build(self.map.retrieval_matrix) if 0 < cfg.retrieval_ivf_min_images <= valid.sum()
                     else None)
         self._local = threading.local()
+        self.attempts = Attempts.from_config(cfg)
 
-    def _backend(self, tracking: bool = False) -> SiftBackend:
-        name = "tracking_backend" if tracking else "backend"
-        if not hasattr(self._local, name):
-            c = self.cfg
-            setattr(self._local, name, SiftBackend(SiftConfig(
-                max_keypoints=c.tracking_max_keypoints if tracking else c.max_keypoints,
-                contrast_threshold=c.contrast_threshold,
-                max_image_side=c.tracking_max_image_side if tracking else c.max_image_side)))
-        return getattr(self._local, name)
+    def _backend(self, attempt: Attempt) -> SiftBackend:
+        backends = self._local.__dict__.setdefault("backends", {})
+        key = (attempt.max_image_side, attempt.max_keypoints)
+        if key not in backends:
+            backends[key] = SiftBackend(SiftConfig(max_keypoints=attempt.max_keypoints,
+                                                   contrast_threshold=self.cfg.contrast_threshold,
+                                                   max_image_side=attempt.max_image_side))
+        return backends[key]
 
     # stages -----------------------------------------------------------------------------------
-    def extract(self, image: np.ndarray, tracking: bool = False) -> Features:
+    def extract(self, image: np.ndarray, attempt: Attempt | None = None) -> Features:
+        """Query features at ``attempt``'s working resolution and budget (default: the full setting)."""
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         gray = np.ascontiguousarray(gray, dtype=np.uint8)
         if self.cfg.denoise_above_sigma > 0 and noise_sigma(gray) > self.cfg.denoise_above_sigma:
             gray = cv2.GaussianBlur(gray, (0, 0), self.cfg.denoise_blur_sigma)
         if self.cfg.normalize_contrast:
             gray = stretch_contrast(gray, self.cfg.contrast_percentile, self.cfg.stretch_below_range)
-        return self._backend(tracking).extract(gray)
+        return self._backend(attempt or self.attempts.full).extract(gray)
 
     def retrieve(self, features: Features, prior: PosePrior | None, k: int | None = None) -> np.ndarray:
         """Rows (into map.image_names) of the top-k map images for this query."""
@@ -205,18 +242,23 @@ class Localizer:
         if image.shape[1] != camera.width or image.shape[0] != camera.height:
             raise VlocError(f"image is {image.shape[1]}x{image.shape[0]} but the camera says "
                             f"{camera.width}x{camera.height}")
-        if prior is not None and self.cfg.tracking_max_image_side > 0:
-            fast = self._localize(image, camera, prior, tracking=True)
-            if fast.accepted and fast.num_inliers >= self.cfg.tracking_min_inliers:
-                return fast
-            full = self._localize(image, camera, prior, tracking=False)
-            full.timings_ms = {"tracking_attempt": fast.timings_ms["total"], **full.timings_ms,
-                               "total": full.timings_ms["total"] + fast.timings_ms["total"]}
-            return full
-        return self._localize(image, camera, prior, tracking=False)
+        a, c = self.attempts, self.cfg
+        if prior is not None:
+            first, min_inliers = a.tracking, c.tracking_min_inliers
+        else:
+            first, min_inliers = a.coarse, c.coarse_min_inliers
+        if first is None or not a.reduces(first, max(image.shape[:2])):
+            return self._localize(image, camera, prior, a.full)
+        fast = self._localize(image, camera, prior, first)
+        if fast.accepted and fast.num_inliers >= min_inliers:
+            return fast
+        full = self._localize(image, camera, prior, a.full)
+        full.timings_ms = {f"{first.name}_attempt": fast.timings_ms["total"], **full.timings_ms,
+                           "total": full.timings_ms["total"] + fast.timings_ms["total"]}
+        return full
 
     def _localize(self, image: np.ndarray, camera: Camera, prior: PosePrior | None,
-                  tracking: bool) -> LocalizationResult:
+                  attempt: Attempt) -> LocalizationResult:
         cfg, m = self.cfg, self.map
         timings: dict[str, float] = {}
         t0 = t = time.perf_counter()
@@ -227,14 +269,15 @@ class Localizer:
             timings[name] = (now - t) * 1000
             t = now
 
-        feats = self.extract(image, tracking)
+        feats = self.extract(image, attempt)
         lap("features")
-        result = LocalizationResult(accepted=False, reason="", num_keypoints=len(feats), timings_ms=timings)
+        result = LocalizationResult(accepted=False, reason="", num_keypoints=len(feats), timings_ms=timings,
+                                    attempt=attempt.name)
         if len(feats) < cfg.min_inliers:
             result.reason = f"too few keypoints ({len(feats)}): blank, dark or blurred frame"
             timings["total"] = (time.perf_counter() - t0) * 1000
             return result
-        rows = self.retrieve(feats, prior, cfg.tracking_top_k if tracking else cfg.top_k)
+        rows = self.retrieve(feats, prior, attempt.top_k)
         result.retrieved = [m.image_names[r] for r in rows]
         lap("retrieval")
 

@@ -25,7 +25,9 @@ class LocalizationResult:
         order (rotation [rad] 3, translation [m] 3), or None.
     accepted: False when the pose is not trustworthy; ``reason`` says why. A rejected
         result may still carry the best pose found, for diagnostics only.
-    timings_ms: per-stage wall time in milliseconds.
+    timings_ms: per-stage wall time in milliseconds (a fallback adds ``<first attempt>_attempt``).
+    attempt: the setting that produced this result: "full", or the cheaper first attempt
+        "coarse" (no prior) / "tracking" (with a prior) when that one was kept.
     """
 
     accepted: bool
@@ -41,6 +43,7 @@ class LocalizationResult:
     retrieved: list[str] = field(default_factory=list)
     num_keypoints: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    attempt: str = "full"
 
     @property
     def world_from_cam(self) -> Rigid3 | None:
@@ -59,4 +62,5 @@ class LocalizationResult:
             "inlier_ratio": self.inlier_ratio, "median_reproj_error_px": self.median_reproj_error_px,
             "position_sigma_m": self.position_sigma_m, "rotation_sigma_deg": self.rotation_sigma_deg,
             "retrieved": self.retrieved, "num_keypoints": self.num_keypoints, "timings_ms": self.timings_ms,
+            "attempt": self.attempt,
         }

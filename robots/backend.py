@@ -60,7 +60,8 @@ def result_from_json(d: dict) -> LocalizationResult:
         inlier_ratio=float(d.get("inlier_ratio") or 0.0), median_reproj_error_px=d.get("median_reproj_error_px"),
         position_sigma_m=d.get("position_sigma_m"), rotation_sigma_deg=d.get("rotation_sigma_deg"),
         retrieved=list(d.get("retrieved") or []), num_keypoints=int(d.get("num_keypoints") or 0),
-        timings_ms={k: float(v) for k, v in (d.get("timings_ms") or {}).items() if v is not None})
+        timings_ms={k: float(v) for k, v in (d.get("timings_ms") or {}).items() if v is not None},
+        attempt=str(d.get("attempt") or "full"))
 
 
 class ServiceBackend:

@@ -170,7 +170,7 @@ def test_tracking_mode_is_cheaper_and_falls_back_when_unsure(bundle, localizer, 
     rgb, truth = frames[4]
     prior = PosePrior(position=truth.centre + np.array([0.05, 0.0, 0.0]), sigma_m=0.2)
     res = localizer.localize(rgb, camera, prior=prior)
-    assert res.accepted and "tracking_attempt" not in res.timings_ms
+    assert res.accepted and "tracking_attempt" not in res.timings_ms and res.attempt == "tracking"
     assert res.num_keypoints <= localizer.cfg.tracking_max_keypoints
     assert len(res.retrieved) <= localizer.cfg.tracking_top_k
     assert pose_error(res.cam_from_world, truth)[0] < 0.01
@@ -183,6 +183,27 @@ def test_tracking_mode_is_cheaper_and_falls_back_when_unsure(bundle, localizer, 
     # no tracking mode: priors only narrow retrieval
     off = Localizer(bundle, LocalizerConfig(tracking_max_image_side=0))
     assert off.localize(rgb, camera, prior=prior).num_keypoints > localizer.cfg.tracking_max_keypoints
+
+
+def test_coarse_attempt_first_and_the_full_setting_when_it_is_unsure(bundle, localizer, queries):
+    frames, camera = queries
+    rgb, truth = frames[2]
+    res = localizer.localize(rgb, camera)  # no prior: the coarse attempt first
+    assert res.accepted and res.attempt == "coarse" and "coarse_attempt" not in res.timings_ms
+    assert pose_error(res.cam_from_world, truth)[0] < 0.01
+    full_only = Localizer(localizer.map, LocalizerConfig(coarse_max_image_side=0))
+    full = full_only.localize(rgb, camera)
+    assert full.accepted and full.attempt == "full" and full_only.attempts.coarse is None
+    assert localizer.attempts.coarse.max_image_side < localizer.attempts.full.max_image_side
+    # a coarse pose below the inlier bar: the full setting runs, both times are counted
+    picky = Localizer(localizer.map, LocalizerConfig(coarse_min_inliers=10 ** 6))
+    res = picky.localize(rgb, camera)
+    assert res.accepted and res.attempt == "full" and "coarse_attempt" in res.timings_ms
+    assert res.timings_ms["total"] >= res.timings_ms["coarse_attempt"]
+    # a frame already at or below the coarse resolution runs once, at the full setting
+    small = cv2.resize(rgb, (camera.width // 2, camera.height // 2), interpolation=cv2.INTER_AREA)
+    res = picky.localize(small, camera.scaled(0.5))
+    assert res.attempt == "full" and "coarse_attempt" not in res.timings_ms
 
 
 def test_inverted_file_retrieval_localizes_like_exhaustive(bundle, localizer, queries):
