@@ -335,12 +335,15 @@ def _measure_worker(bundle: str, queries: list[tuple[str, Rigid3, int]], camera:
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if images:
         loc.localize(images[0], camera)  # warm-up, untimed
-    lat, timings, t_err, r_err, acc, hit, reasons = [], [], [], [], [], [], []
+    lat, timings, t_err, r_err, acc, hit, reasons, attempts = [], [], [], [], [], [], [], {}
     for img, (_, gt, room) in zip(images, queries):
         t = time.perf_counter()
         res = loc.localize(img, camera)
         lat.append((time.perf_counter() - t) * 1000.0)
         timings.append(dict(res.timings_ms))
+        # which setting answered; a fallback is "full" after a first attempt that was not kept
+        kind = res.attempt if not any(k.endswith("_attempt") for k in res.timings_ms) else "full after fallback"
+        attempts[kind] = attempts.get(kind, 0) + 1
         ok = bool(res.accepted and res.cam_from_world is not None)
         te, re_ = pose_error(res.cam_from_world, gt) if res.cam_from_world is not None else (math.inf, math.inf)
         t_err.append(te)
@@ -357,7 +360,7 @@ def _measure_worker(bundle: str, queries: list[tuple[str, Rigid3, int]], camera:
         "n_observations": int(len(m.obs_point)),
         "latency_ms": percentile_stats(lat), "stage_medians_ms": stage_medians(timings),
         "accuracy": accuracy_summary(t_err, r_err, acc, hit),
-        "rejection_reasons": sorted(set(reasons)),
+        "rejection_reasons": sorted(set(reasons)), "attempts": attempts,
         # 1-minute load average of the machine before / after the queries (other work inflates latency)
         "loadavg_1m": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
     }
