@@ -137,7 +137,15 @@ def search_int8_candidates(qa: torch.Tensor, qb: torch.Tensor, column_max_too: b
                            block_bytes: int = CANDIDATE_BLOCK_BYTES) -> Candidates:
     """:func:`search_candidates` for descriptors already quantised by :func:`quantize_int8`
     (N1, D), (N2 >= 2, D) int8 (CPU)."""
-    return _search(lambda rows: torch._int_mm(qa[rows], qb.T), len(qa), len(qb), True, column_max_too, block_bytes)
+    return _search(lambda rows: int8_scores(qa[rows], qb), len(qa), len(qb), True, column_max_too, block_bytes)
+
+
+def int8_scores(qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
+    """(N1, D), (N2, D) int8 -> (N1, N2) int32 dot products: torch's int8 GEMM, or where a torch
+    build lacks it, a float32 GEMM (exact here: |sums| <= 128 * 127^2 < 2^24)."""
+    if hasattr(torch, "_int_mm"):
+        return torch._int_mm(qa, qb.T)
+    return (qa.float() @ qb.float().T).to(torch.int32)
 
 
 def _search(scores: Callable[[slice], torch.Tensor], n1: int, n2: int, non_negative: bool, column_max_too: bool,

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mapping.features import root_sift
-from mapping.matching import (INT8_SCALE, column_max, match_descriptors, quantize_int8, row_top2,
+from mapping.matching import (INT8_SCALE, column_max, int8_scores, match_descriptors, quantize_int8, row_top2,
                               search_candidates)
 
 
@@ -104,3 +104,10 @@ def test_int8_and_bf16_paths_find_the_same_planted_matches():
     int8 = match_descriptors(root_sift(d1), root_sift(d2), non_negative=True)      # int8 GEMM on the CPU
     float_path = match_descriptors(root_sift(d1) - 0.0, root_sift(d2), non_negative=False)  # bf16
     assert {tuple(x) for x in int8.tolist()} == {tuple(x) for x in float_path.tolist()}
+
+
+def test_int8_scores_fallback_is_exact(monkeypatch):
+    a, b = quantize_int8(_rootsift_like(50, 4)), quantize_int8(_rootsift_like(60, 5))
+    fast = int8_scores(a, b)
+    monkeypatch.delattr(torch, "_int_mm")
+    assert torch.equal(int8_scores(a, b), fast) and torch.equal(fast, a.int() @ b.int().T)
