@@ -150,6 +150,9 @@ def int8_scores(qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
 
 def _search(scores: Callable[[slice], torch.Tensor], n1: int, n2: int, non_negative: bool, column_max_too: bool,
             block_bytes: int) -> Candidates:
+    if n1 == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return Candidates(empty, empty, torch.zeros(0), None)
     step = max(16, block_bytes // (4 * n2))
     bests, seconds, best_scores, col = [], [], [], None
     for r in range(0, n1, step):

@@ -88,6 +88,7 @@ def test_blocked_candidate_search_equals_the_whole_matrix():
     assert torch.equal(f.column_max, sim16.amax(dim=0))
     assert torch.equal(f.best_score, sim16.amax(dim=1))
     assert search_candidates(a, b, True, column_max_too=False).column_max is None
+    assert len(search_candidates(a[:0], b, True).best) == 0  # no query rows: nothing to pick
 
 
 def test_int8_quantisation_saturates_instead_of_wrapping():
