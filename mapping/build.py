@@ -6,17 +6,19 @@ import tempfile
 import threading
 import time
 from contextlib import nullcontext
+from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pycolmap
+import torch
 
 from mapping import bundle as bundle_io
-from mapping.features import Features, SiftConfig, make_backend
-from mapping.matching import (MatchConfig, VerifiedPair, match_descriptors, normalise_descriptors,
-                              verify_unknown_pose, verify_with_poses)
+from mapping.features import Features, SiftConfig, make_backend, root_sift
+from mapping.matching import (MatchConfig, VerifiedPair, match_descriptors, match_sift_int8, normalise_descriptors,
+                              quantize_int8, verify_unknown_pose, verify_with_poses)
 from mapping.pairs import PosePairConfig, pairs_exhaustive, pairs_from_poses, pairs_from_similarity
 from mapping.reconstruct import (ReconstructionConfig, filter_points, observation_errors,
                                  structure_from_motion, triangulate_known_poses)
@@ -29,6 +31,9 @@ from vloc.imageio import read_image
 from vloc.progress import QUIET, Reporter
 from vloc.threads import kernel_threads
 from vloc.types import ImageRecord, VlocError
+
+#: memory for the per-image int8 RootSIFT kept during pair matching.
+INT8_CACHE_BYTES = 256 << 20
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
 
@@ -145,12 +150,19 @@ def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[t
                           translation=vp.cam2_from_cam1.translation, E=vp.E)
         return pair, vp
 
+    # int8 RootSIFT once per image (128 bytes per keypoint, kept for the most recent images within
+    # the budget) rather than per pair; exact scores come from the uint8 rows that need them.
+    per_image = 128 * max(1, int(np.mean([len(f) for f in feats]))) if feats else 1
+    int8_of = lru_cache(maxsize=max(2, INT8_CACHE_BYTES // per_image))(
+        lambda i: quantize_int8(torch.from_numpy(root_sift(feats[i].descriptors))))
+
     def _match_one(pair: tuple[int, int]):
         i, j = pair
-        # RootSIFT per pair (cheap) rather than a float32 copy of every image's descriptors in memory.
-        m = match_descriptors(normalise_descriptors(feats[i].descriptors), normalise_descriptors(feats[j].descriptors),
-                              mc.ratio, mc.mutual, non_negative=feats[i].descriptors.dtype == np.uint8
-                              and feats[j].descriptors.dtype == np.uint8)
+        d1, d2 = feats[i].descriptors, feats[j].descriptors
+        if d1.dtype == np.uint8 and d2.dtype == np.uint8:  # SIFT
+            m = match_sift_int8(int8_of(i), int8_of(j), d1, d2, mc.ratio, mc.mutual)
+        else:  # learned float descriptors
+            m = match_descriptors(normalise_descriptors(d1), normalise_descriptors(d2), mc.ratio, mc.mutual)
         if len(m) < mc.min_inliers:
             return pair, None
         a, b = records[i], records[j]

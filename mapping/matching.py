@@ -182,8 +182,31 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutua
         non_negative = bool(a.min() >= 0) and bool(b.min() >= 0)
     # Candidates from a low-precision GEMM; exact float32 scores after.
     c = search_candidates(a, b, non_negative, column_max_too=mutual)
+    return select_matches(c, lambda rows: a[rows], lambda rows: b[rows], ratio, mutual)
+
+
+def match_sift_int8(q1: torch.Tensor, q2: torch.Tensor, sift1: np.ndarray, sift2: np.ndarray, ratio: float = 0.85,
+                    mutual: bool = True) -> np.ndarray:
+    """:func:`match_descriptors` of two images' RootSIFT, from inputs prepared once per image:
+    q1, q2 (N, 128) int8 (:func:`quantize_int8` of the RootSIFT) for the candidate search and the
+    (N, 128) uint8 SIFT, whose RootSIFT is computed for the picked rows only (exact scores).
+    Same matches as ``match_descriptors(root_sift(sift1), root_sift(sift2), ..., non_negative=True)``.
+    """
+    if len(q1) < 2 or len(q2) < 2:
+        return np.zeros((0, 2), np.int64)
+    c = search_int8_candidates(q1, q2, column_max_too=mutual)
+    return select_matches(c, lambda rows: torch.from_numpy(root_sift(sift1[rows.numpy()])),
+                          lambda rows: torch.from_numpy(root_sift(sift2[rows.numpy()])), ratio, mutual)
+
+
+def select_matches(c: Candidates, exact1: Callable[[torch.Tensor], torch.Tensor],
+                   exact2: Callable[[torch.Tensor], torch.Tensor], ratio: float, mutual: bool) -> np.ndarray:
+    """Mutual check on candidate scores, then the ratio test and one row per column on exact scores.
+
+    exact1(rows) / exact2(cols) -> (len, D) float32 unit-norm descriptors of those rows of each side.
+    """
     best, second = c.best, c.second
-    rows = torch.arange(len(a), device=best.device)
+    rows = torch.arange(len(best), device=best.device)
     if mutual:
         # row i's best column j is mutual when no other row scores higher on j: compare with the
         # column maxima (amax over dim 0 is ~10x cheaper than max-with-indices there); rows tied
@@ -192,8 +215,9 @@ def match_descriptors(d1: np.ndarray, d2: np.ndarray, ratio: float = 0.85, mutua
         rows = torch.nonzero(c.best_score + slack >= c.column_max[best]).squeeze(1)
     # exact float32 scores (ratio test) only for the rows still in play
     jb, js = best[rows], second[rows]
-    s_best = (a[rows] * b[jb]).sum(dim=1)
-    s_second = (a[rows] * b[js]).sum(dim=1)
+    a_rows = exact1(rows)
+    s_best = (a_rows * exact2(jb)).sum(dim=1)
+    s_second = (a_rows * exact2(js)).sum(dim=1)
     dist_best = torch.sqrt(torch.clamp(2 - 2 * s_best, min=0))
     dist_second = torch.sqrt(torch.clamp(2 - 2 * s_second, min=0))
     keep = torch.nonzero(dist_best <= ratio * dist_second).squeeze(1)

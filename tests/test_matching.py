@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from mapping.features import root_sift
-from mapping.matching import (INT8_SCALE, column_max, int8_scores, match_descriptors, quantize_int8, row_top2,
-                              search_candidates)
+from mapping.matching import (INT8_SCALE, column_max, int8_scores, match_descriptors, match_sift_int8, quantize_int8,
+                              row_top2, search_candidates)
 
 
 def _scores(n1: int, n2: int, seed: int) -> torch.Tensor:
@@ -112,3 +112,16 @@ def test_int8_scores_fallback_is_exact(monkeypatch):
     fast = int8_scores(a, b)
     monkeypatch.delattr(torch, "_int_mm")
     assert torch.equal(int8_scores(a, b), fast) and torch.equal(fast, a.int() @ b.int().T)
+
+
+def test_prepared_int8_matching_equals_matching_the_rootsift():
+    rng = np.random.default_rng(2)
+    d1 = rng.integers(0, 60, (700, 128)).astype(np.uint8)
+    d2 = np.concatenate([rng.integers(0, 60, (350, 128)).astype(np.uint8),
+                         d1[:350] + rng.integers(0, 5, (350, 128)).astype(np.uint8)])
+    q1, q2 = (quantize_int8(torch.from_numpy(root_sift(d))) for d in (d1, d2))
+    for mutual in (True, False):
+        want = match_descriptors(root_sift(d1), root_sift(d2), 0.85, mutual, non_negative=True)
+        assert len(want) > 300
+        assert np.array_equal(match_sift_int8(q1, q2, d1, d2, 0.85, mutual), want)
+    assert len(match_sift_int8(q1[:1], q2, d1[:1], d2)) == 0
