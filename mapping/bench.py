@@ -38,7 +38,8 @@ def machine_info() -> dict:
 def speed_probe(repeats: int = 9) -> dict:
     """How fast this machine is right now: OpenCV SIFT (the pipeline's settings: 2,048 keypoints,
     contrast 0.02) on a fixed 640x480 synthetic image, median of ``repeats`` runs. Shared
-    machines vary (measured here: 39-93 ms over a day); compare runs of different windows by it."""
+    machines vary (this probe read 75-102 ms within one hour here); compare runs of different
+    windows by it."""
     import cv2
 
     rng = np.random.default_rng(0)

@@ -5,10 +5,10 @@ import os
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
-from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
