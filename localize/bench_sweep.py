@@ -21,7 +21,7 @@ from mapping.build import BuildConfig, build_map
 #: the grid: (working resolution = longest side, query keypoints, top-k)
 DEFAULT_GRID: tuple[tuple[int, int, int], ...] = (
     (640, 2048, 10), (640, 1024, 10), (640, 2048, 5), (640, 4096, 10),
-    (480, 2048, 10), (480, 1024, 5), (320, 1024, 10), (320, 2048, 10),
+    (480, 2048, 10), (480, 1024, 5), (400, 2048, 10), (320, 1024, 10), (320, 2048, 10),
 )
 
 
