@@ -229,3 +229,20 @@ def test_memory_mapped_descriptors_give_the_same_poses(bundle, localizer, querie
     a, b = localizer.localize(rgb, camera), mapped.localize(rgb, camera)
     assert a.accepted and b.accepted and a.num_inliers == b.num_inliers
     assert np.allclose(a.cam_from_world.matrix4(), b.cam_from_world.matrix4())
+
+
+def test_noise_estimate_and_contrast_stretch_on_known_images():
+    from localize.localizer import noise_sigma, stretch_contrast
+    rng = np.random.default_rng(3)
+    ramp = np.tile(np.linspace(60, 180, 320), (240, 1))  # smooth: the Laplacian-like kernel ignores it
+    for sigma in (2.0, 8.0):
+        noisy = np.clip(np.round(ramp + rng.normal(0, sigma, ramp.shape)), 0, 255).astype(np.uint8)
+        assert abs(noise_sigma(noisy) - sigma) < 0.15 * sigma + 0.3
+    assert noise_sigma(ramp.astype(np.uint8)) < 0.5
+    dim = (ramp * 0.25).astype(np.uint8)  # grey levels 15..45
+    out = stretch_contrast(dim, percentile=0.5)
+    assert out.min() <= 2 and out.max() >= 253 and np.all(np.diff(out[0].astype(int)) >= 0)
+    wide = ramp.astype(np.uint8)  # a range of 120 levels is stretched; one of 200 is left alone
+    full = np.tile(np.arange(256, dtype=np.uint8), (10, 1))
+    assert stretch_contrast(full) is full
+    assert stretch_contrast(wide).max() > wide.max()
