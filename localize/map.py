@@ -12,7 +12,7 @@ import torch
 
 from mapping.features import root_sift
 from mapping.bundle import read_features_h5, read_manifest
-from mapping.matching import quantize_int8
+from mapping.matching import sift_int8
 from mapping.retrieval import RetrievalIndex
 from vloc.geometry import Rigid3
 from vloc.types import VlocError
@@ -109,10 +109,10 @@ class LocalizationMap:
                                table.image_names, np.asarray(centres), retrieval, rows)
 
     def cache_rootsift(self, max_bytes: int) -> bool:
-        """Precompute the int8 RootSIFT (:func:`mapping.matching.quantize_int8`, 1 byte per entry)
+        """Precompute the int8 RootSIFT (:func:`mapping.matching.sift_int8`, 1 byte per entry)
         of every observation when it fits in max_bytes."""
         if len(self.obs_descriptors) * self.obs_descriptors.shape[1] <= max_bytes:
-            self._rootsift_cache = quantize_int8(torch.from_numpy(root_sift(self.obs_descriptors)))
+            self._rootsift_cache = sift_int8(self.obs_descriptors)
         return getattr(self, "_rootsift_cache", None) is not None
 
     def rootsift_int8(self, obs: np.ndarray) -> torch.Tensor:
@@ -122,7 +122,7 @@ class LocalizationMap:
         cache = getattr(self, "_rootsift_cache", None)
         if cache is not None:
             return cache[torch.from_numpy(obs)]
-        return quantize_int8(torch.from_numpy(root_sift(self.obs_descriptors[obs])))
+        return sift_int8(self.obs_descriptors[obs])
 
     def rootsift(self, obs: np.ndarray) -> torch.Tensor:
         """(M, 128) float32 RootSIFT of the given observation rows (exact scores)."""

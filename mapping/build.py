@@ -6,19 +6,19 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pycolmap
-import torch
 
 from mapping import bundle as bundle_io
-from mapping.features import Features, SiftConfig, make_backend, root_sift
+from mapping.features import Features, SiftConfig, make_backend
 from mapping.matching import (MatchConfig, VerifiedPair, match_descriptors, match_sift_int8, normalise_descriptors,
-                              quantize_int8, verify_unknown_pose, verify_with_poses)
+                              sift_int8, verify_unknown_pose, verify_with_poses)
 from mapping.pairs import PosePairConfig, pairs_exhaustive, pairs_from_poses, pairs_from_similarity
 from mapping.reconstruct import (ReconstructionConfig, filter_points, observation_errors,
                                  structure_from_motion, triangulate_known_poses)
@@ -94,6 +94,14 @@ def list_images(root: Path) -> list[str]:
                   if p.is_file() and p.suffix in IMAGE_EXTS and not p.name.startswith("."))
 
 
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``workers`` threads whose OpenCV / torch kernels run single-threaded meanwhile
+    (the workers already fill the cores; see :func:`vloc.threads.kernel_threads`)."""
+    with kernel_threads(1) if workers > 1 else nullcontext(), ThreadPoolExecutor(workers) as ex:
+        yield ex
+
+
 def _feature_key(r: ImageRecord, image_sha: str, cfg: BuildConfig) -> str:
     return content_key("features", image_sha, str(r.camera), asdict(cfg.features))
 
@@ -116,7 +124,7 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
                       descriptors=f.descriptors)
         return f
 
-    with kernel_threads(1) if cfg.workers > 1 else nullcontext(), ThreadPoolExecutor(cfg.workers) as ex:
+    with worker_pool(cfg.workers) as ex:
         feats = list(reporter.track(ex.map(one, records), "features", total=len(records)))
     empty = [r.name for r, f in zip(records, feats) if len(f) < 20]
     if len(empty) == len(records):
@@ -153,8 +161,7 @@ def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[t
     # int8 RootSIFT once per image (128 bytes per keypoint, kept for the most recent images within
     # the budget) rather than per pair; exact scores come from the uint8 rows that need them.
     per_image = 128 * max(1, int(np.mean([len(f) for f in feats]))) if feats else 1
-    int8_of = lru_cache(maxsize=max(2, INT8_CACHE_BYTES // per_image))(
-        lambda i: quantize_int8(torch.from_numpy(root_sift(feats[i].descriptors))))
+    int8_of = lru_cache(maxsize=max(2, INT8_CACHE_BYTES // per_image))(lambda i: sift_int8(feats[i].descriptors))
 
     def _match_one(pair: tuple[int, int]):
         i, j = pair
@@ -174,7 +181,7 @@ def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[t
                                      mc.max_epipolar_error_px, mc.ransac_confidence)
         return pair, (vp if vp is not None and len(vp.matches) >= mc.min_inliers else None)
 
-    with kernel_threads(1) if cfg.workers > 1 else nullcontext(), ThreadPoolExecutor(cfg.workers) as ex:
+    with worker_pool(cfg.workers) as ex:
         results = list(reporter.track(ex.map(one, pairs), "matching", total=len(pairs)))
     return {p: vp for p, vp in results if vp is not None}
 

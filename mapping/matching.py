@@ -57,10 +57,21 @@ def quantize_int8(d: torch.Tensor) -> torch.Tensor:
     return torch.round(d * INT8_SCALE).clamp_(max=127).to(torch.int8)
 
 
+def sift_int8(sift: np.ndarray) -> torch.Tensor:
+    """(N, 128) uint8 SIFT -> (N, 128) int8 RootSIFT (:func:`quantize_int8`) for candidate search."""
+    return quantize_int8(torch.from_numpy(root_sift(sift)))
+
+
 def _ranking_view(sim: torch.Tensor, non_negative: bool) -> torch.Tensor:
     """``sim`` itself, or for non-negative bf16 scores (dot products of RootSIFT descriptors) its
     int16 bit patterns: they order exactly like the values, and CPUs reduce them much faster."""
     return sim.view(torch.int16) if non_negative and sim.dtype == torch.bfloat16 else sim
+
+
+def _numpy_reducible(view: torch.Tensor) -> bool:
+    """Integer scores (or their int16 view) in contiguous CPU memory: numpy's vectorised
+    reductions can work on them in place."""
+    return view.device.type == "cpu" and view.dtype in (torch.int16, torch.int32) and view.is_contiguous()
 
 
 def column_max(sim: torch.Tensor, non_negative: bool = False) -> torch.Tensor:
@@ -70,7 +81,7 @@ def column_max(sim: torch.Tensor, non_negative: bool = False) -> torch.Tensor:
     non-negative scores it takes ~1/6 of the time, same result.
     """
     view = _ranking_view(sim, non_negative)
-    if view.device.type == "cpu" and view.dtype in (torch.int16, torch.int32) and view.is_contiguous():
+    if _numpy_reducible(view):
         return torch.from_numpy(view.numpy().max(axis=0)).view(sim.dtype)  # numpy: ~3x torch on int32
     return view.amax(dim=0).view(sim.dtype)
 
@@ -83,7 +94,7 @@ def row_top2(sim: torch.Tensor, non_negative: bool = False) -> tuple[torch.Tenso
     ``topk(2)``. Among equal scores the pick may differ from ``topk``'s. ``sim`` is left as it was.
     """
     view = _ranking_view(sim, non_negative)
-    if view.dtype not in (torch.int16, torch.int32) or view.device.type != "cpu" or not view.is_contiguous():
+    if not _numpy_reducible(view):
         best, second = view.topk(2, dim=1).indices.unbind(1)
         return best, second
     a = view.numpy()
