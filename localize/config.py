@@ -49,7 +49,8 @@ class LocalizerConfig:
     #: one window, SIFT probe 81 ms): 640 px alone: 0.66 cm median, 85 % within 2 cm / 1 deg,
     #: p50 / p90 56-82 / 68-99 ms; 400 px first: 0.76 cm, 85 %, 32-35 / 39-45 ms, every
     #: degradation 100 % within 15 cm / 5 deg (the JPEG-15 frame the 400 px attempt rejects is
-    #: recovered by the fallback); 320 px: 1.0 cm, 70 %.
+    #: recovered by the fallback); 320 px: 1.0 cm, 70 %. Maps built with spread pairs
+    #: (2026-11-29, probe 77 ms): 400 px first 0.6 cm, 95 %, 32 / 36 ms; 640 px alone 0.57 cm, 90 %.
     coarse_max_image_side: int = 400
     #: the coarse pose is kept only when accepted with at least this many inliers (20 = whenever
     #: it is accepted), else the full setting runs.
