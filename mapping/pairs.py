@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from vloc.camera import Camera
@@ -79,7 +81,7 @@ def pairs_from_poses(cameras: list[Camera], cams_from_world: list[Rigid3],
     k = min(cfg.max_candidates + 1, n)
     dist, idx = tree.query(centres, k=k)
     dist, idx = np.atleast_2d(dist), np.atleast_2d(idx)
-    pairs: set[tuple[int, int]] = set()
+    ranked_of: dict[int, list[tuple[float, int]]] = {}
     for i in range(n):
         cand = [j for d, j in zip(dist[i], idx[i])
                 if j != i and cfg.min_baseline_m <= d <= cfg.max_distance_m and j < n]
@@ -87,13 +89,31 @@ def pairs_from_poses(cameras: list[Camera], cams_from_world: list[Rigid3],
             continue
         ov = frustum_overlap(cameras[i], cams_from_world[i], [cameras[j] for j in cand],
                              [cams_from_world[j] for j in cand], cfg.sample_depths)
-        ranked = sorted(((o, j) for o, j in zip(ov, cand) if o >= cfg.min_overlap), reverse=True)
-        n_spread = min(cfg.spread_pairs_per_image, cfg.pairs_per_image)
-        best = [j for _, j in ranked[: cfg.pairs_per_image - n_spread]]
-        rest = [j for o, j in ranked[cfg.pairs_per_image - n_spread:] if o >= cfg.spread_min_overlap]
-        for j in best + spread_out(centres, i, best, rest, n_spread):
-            pairs.add((min(i, j), max(i, j)))
+        ranked_of[i] = sorted(((o, j) for o, j in zip(ov, cand) if o >= cfg.min_overlap), reverse=True)
+    n_spread = min(cfg.spread_pairs_per_image, cfg.pairs_per_image)
+    n_best = cfg.pairs_per_image - n_spread
+    best_of = {i: [j for _, j in ranked[:n_best]] for i, ranked in ranked_of.items()}
+    pairs = {(min(i, j), max(i, j)) for i, js in best_of.items() for j in js}
+    if n_spread:
+        # sub-maps the best overlaps alone leave apart (e.g. one per pass through a place)
+        component = pair_components(n, sorted(pairs))
+        for i, ranked in ranked_of.items():
+            rest = [j for o, j in ranked[n_best:] if o >= cfg.spread_min_overlap]
+            other = [j for j in rest if component[j] != component[i]]
+            same = [j for j in rest if component[j] == component[i]]
+            linked = spread_out(centres, i, best_of[i], other, n_spread)
+            for j in linked + spread_out(centres, i, best_of[i] + linked, same, n_spread - len(linked)):
+                pairs.add((min(i, j), max(i, j)))
     return sorted(pairs)
+
+
+def pair_components(n: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """(n,) connected-component label of each image in the graph of ``pairs``."""
+    if not pairs:
+        return np.arange(n)
+    ij = np.asarray(pairs)
+    graph = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 def spread_out(centres: np.ndarray, i: int, picked: list[int], candidates: list[int], k: int) -> list[int]:

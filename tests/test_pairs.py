@@ -44,7 +44,8 @@ def _second_pass(poses, lift_m: float, yaw_deg: float):
 def test_spread_partners_link_two_passes_that_overlap_ranking_keeps_apart():
     """Two passes over one stretch (40 frames 1.2 cm apart each, the second 25 cm higher and
     turned 12 deg): a frame's best overlaps are its own pass's neighbours, so ranking by overlap
-    alone leaves (almost) two sub-maps; the spread partners link them, and all still overlap."""
+    alone leaves (almost) two sub-maps; the spread partners, taken from the other sub-maps
+    first, link them at nearly every frame, and all still overlap."""
     scene = generate_scene(seed=3)
     first = scene.trajectory(600, pass_id=0)[:40]
     poses = first + _second_pass(first, 0.25, 12.0)
@@ -59,6 +60,11 @@ def test_spread_partners_link_two_passes_that_overlap_ranking_keeps_apart():
                                                           spread_min_overlap=0.5))
     assert cross(by_overlap) <= 0.03 * len(by_overlap)
     assert cross(spread) >= 0.15 * len(spread)
+    linked = np.zeros(len(poses), bool)  # the links are spread over the images, not a few hubs
+    for i, j in spread:
+        if pass_of[i] != pass_of[j]:
+            linked[i] = linked[j] = True
+    assert linked.mean() >= 0.9
     partners = np.zeros(len(poses), int)
     for i, j in spread:
         partners[i] += 1
@@ -77,3 +83,10 @@ def test_spread_out_is_farthest_point_sampling():
     assert spread_out(centres, 0, [1], [2, 3, 4], 2) == [3, 2]
     assert spread_out(centres, 0, [], [2, 3, 4], 5) == [3, 2, 4]
     assert spread_out(centres, 0, [], [], 3) == [] and spread_out(centres, 0, [], [2], 0) == []
+
+
+def test_pair_components():
+    from mapping.pairs import pair_components
+    c = pair_components(6, [(0, 1), (1, 2), (4, 5)])
+    assert c[0] == c[1] == c[2] and c[4] == c[5] and len({c[0], c[3], c[4]}) == 3
+    assert list(pair_components(3, [])) == [0, 1, 2]
