@@ -51,6 +51,18 @@ def noise_sigma(gray: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2) / (6 * (w - 2) * (h - 2)) * cv2.norm(r, cv2.NORM_L1))
 
 
+#: pycolmap's pose covariance perturbs the rotation through its quaternion, ``q' = [cos|d|,
+#: sin|d| d/|d|] q``, a rotation by ``2 d``: its rotation block is in half-angle units.
+_PYCOLMAP_TO_ROTVEC = np.diag([2.0, 2.0, 2.0, 1.0, 1.0, 1.0])
+
+
+def rotvec_covariance(pycolmap_covariance: np.ndarray) -> np.ndarray:
+    """(6, 6) covariance from pycolmap's pose refinement -> vloc's convention: rotation vector
+    (rad) of the left perturbation ``R' = exp([d]x) R`` of ``cam_from_world``, then translation
+    (m). Checked against the Gauss-Newton covariance of a generated problem in the tests."""
+    return _PYCOLMAP_TO_ROTVEC @ np.asarray(pycolmap_covariance, dtype=np.float64) @ _PYCOLMAP_TO_ROTVEC
+
+
 def centre_covariance(cam_from_world: Rigid3, covariance: np.ndarray) -> np.ndarray:
     """(3, 3) covariance of the camera centre ``c = -R^T t`` from the (6, 6) pose covariance
     (rotation tangent with left perturbation ``R' = exp(d) R``, then translation)."""
@@ -126,7 +138,7 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, cf
     pose = Rigid3.from_pycolmap(ans["cam_from_world"])
     inl = np.asarray(ans["inlier_mask"], bool)
     cov = ans.get("covariance")
-    cov = np.asarray(cov) if cov is not None else None
+    cov = rotvec_covariance(cov) if cov is not None else None
     reproj = np.linalg.norm(camera.project(pose.transform(points3d[inl])) - points2d[inl], axis=1)
     pos_sigma = rot_sigma = None
     if cov is not None and np.all(np.isfinite(cov)):

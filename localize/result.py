@@ -21,8 +21,8 @@ class LocalizationResult:
     """Outcome of one query.
 
     cam_from_world: pose in the map frame, or None when no pose was estimated.
-    covariance: (6, 6) covariance of the refined ``cam_from_world`` in pycolmap's tangent
-        order (rotation [rad] 3, translation [m] 3), or None.
+    covariance: (6, 6) covariance of the refined ``cam_from_world``: rotation vector [rad] of
+        the left perturbation ``R' = exp([d]x) R`` (3), then translation [m] (3); or None.
     accepted: False when the pose is not trustworthy; ``reason`` says why. A rejected
         result may still carry the best pose found, for diagnostics only.
     timings_ms: per-stage wall time in milliseconds (a fallback adds ``<first attempt>_attempt``).

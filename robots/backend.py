@@ -1,7 +1,7 @@
 """Localize this frame" for robot bridges: in this process (a map bundle) or through the service.
 
 Both return a :class:`localize.result.LocalizationResult` (``cam_from_world`` = ``camera_from_map``,
-covariance in pycolmap's tangent order), so bridges do not care where the work happens.
+covariance: rotation vector of the left perturbation, then translation), so bridges do not care where the work happens.
 """
 from __future__ import annotations
 

@@ -119,6 +119,41 @@ def test_covariance_grows_when_inliers_are_removed(localizer, queries):
     assert all(b > a for a, b in zip(sigmas, sigmas[1:])), sigmas
 
 
+def test_covariance_is_in_the_documented_tangent_and_units():
+    """estimate_pose's (6, 6) covariance equals the Gauss-Newton covariance inv(J^T J) of the
+    reprojection errors (1 px noise) in vloc's convention: rotation vector of the left
+    perturbation R' = exp([d]x) R (rad), then translation (m). pycolmap's own rotation block is
+    in quaternion half-angle units (a factor 2 in sigma): a convention slip shows here."""
+    from scipy.spatial.transform import Rotation
+
+    from localize.localizer import centre_covariance
+    from vloc.camera import Camera
+    rng = np.random.default_rng(4)
+    camera = Camera.pinhole(525.0, 640, 480)
+    R = Rotation.from_rotvec([0.2, -0.4, 0.1]).as_matrix()
+    t = np.array([0.3, -0.2, 1.5])
+    pts_cam = np.c_[rng.uniform(-1.5, 1.5, (300, 2)), rng.uniform(2.0, 5.0, 300)]
+    world = (pts_cam - t) @ R                      # x_world = R^T (x_cam - t)
+    xy = camera.project(pts_cam) + rng.normal(0, 0.05, (300, 2))  # ~no noise: robust loss weights ~1
+    est = estimate_pose(xy, world, camera, LocalizerConfig())
+    R, t = est.cam_from_world.rotation, est.cam_from_world.translation
+    H = np.zeros((6, 6))
+    for x in world:
+        c = R @ x + t
+        f_z = 525.0 / c[2]
+        P = np.array([[f_z, 0, -f_z * c[0] / c[2]], [0, f_z, -f_z * c[1] / c[2]]])  # d pixel / d x_cam
+        r = R @ x                                   # x_cam = exp([d]x) R x + t: d x_cam / d d = -[R x]x
+        skew = np.array([[0, -r[2], r[1]], [r[2], 0, -r[0]], [-r[1], r[0], 0]])
+        J = P @ np.hstack([-skew, np.eye(3)])       # d pixel / d(rotation vector, translation)
+        H += J.T @ J
+    expected = np.linalg.inv(H)
+    np.testing.assert_allclose(est.covariance, expected, rtol=0.03, atol=1e-3 * np.abs(expected).max())
+    # and the centre's sigma follows from it: c = -R^T t
+    sigma_c = np.sqrt(np.linalg.eigvalsh(centre_covariance(est.cam_from_world, expected)).max())
+    assert est.position_sigma_m == pytest.approx(sigma_c, rel=0.03)
+    assert est.rotation_sigma_deg == pytest.approx(np.degrees(np.sqrt(np.linalg.eigvalsh(expected[:3, :3]).max())), rel=0.03)
+
+
 def test_localize_cli_json(bundle, queries, tmp_path):
     frames, camera = queries
     path = tmp_path / "q.png"
