@@ -86,15 +86,16 @@ def match_to_points(query_desc: torch.Tensor, map_int8: torch.Tensor, map_exact:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # Candidate search on int8 scores (an int8 GEMM), exact float32 scores for the picks.
     c = search_int8_candidates(quantize_int8(query_desc), map_int8, column_max_too=False)
-    j1, j2 = c.best, c.second  # best and second best (RootSIFT >= 0)
-    picked, inverse = np.unique(np.concatenate([j1.numpy(), j2.numpy()]), return_inverse=True)
-    exact = map_exact(picked)[torch.from_numpy(inverse)]
-    s1 = (query_desc * exact[: len(j1)]).sum(dim=1)
-    s2 = (query_desc * exact[len(j1):]).sum(dim=1)
-    d1 = torch.sqrt(torch.clamp(2 - 2 * s1, min=0))
-    d2 = torch.sqrt(torch.clamp(2 - 2 * s2, min=0))
-    keep = torch.nonzero(d1 <= ratio * d2).squeeze(1).numpy()
-    q, p, s = keep, obs_point[j1.numpy()[keep]], s1.numpy()[keep]
+    j1, j2 = c.best.numpy(), c.second.numpy()  # best and second best (RootSIFT >= 0)
+    picked, inverse = np.unique(np.concatenate([j1, j2]), return_inverse=True)
+    exact = map_exact(picked).numpy()[inverse]                      # (2Q, D) float32
+    query = query_desc.numpy()
+    s1 = np.einsum("ij,ij->i", query, exact[: len(j1)])
+    s2 = np.einsum("ij,ij->i", query, exact[len(j1):])
+    d1 = np.sqrt(np.maximum(2 - 2 * s1, 0))
+    d2 = np.sqrt(np.maximum(2 - 2 * s2, 0))
+    keep = np.nonzero(d1 <= ratio * d2)[0]
+    q, p, s = keep, obs_point[j1[keep]], s1[keep]
     order = np.lexsort((-s, p))
     q, p = q[order], p[order]
     first = np.r_[True, p[1:] != p[:-1]] if len(p) else np.zeros(0, bool)

