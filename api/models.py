@@ -112,7 +112,7 @@ class PriorOut(BaseModel):
 class LocalizeResponse(BaseModel):
     """The core's result (``localize.LocalizationResult.to_dict()``) plus serving context.
 
-    covariance: (6, 6) of ``cam_from_world``, rotation (rad) then translation (m); non-finite
+    covariance: (6, 6) of ``cam_from_world``, rotation vector (rad, left perturbation) then translation (m); non-finite
     entries are sent as null. timings_ms: the core's stages (features, retrieval, matching,
     pose, total) plus the server's ``decode`` and ``wait`` (thread-pool queue).
     latitude / longitude / altitude / heading: only when the map is georeferenced.

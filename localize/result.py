@@ -57,7 +57,8 @@ class LocalizationResult:
             "accepted": self.accepted, "reason": self.reason,
             "cam_from_world": pose(self.cam_from_world), "world_from_cam": pose(self.world_from_cam),
             "covariance": None if self.covariance is None else np.asarray(self.covariance).tolist(),
-            "covariance_order": "rotation(3, rad), translation(3, m) of cam_from_world",
+            "covariance_order": ("rotation(3, rad; left perturbation R' = exp([d]x) R), "
+                                 "translation(3, m) of cam_from_world"),
             "num_inliers": self.num_inliers, "num_matches": self.num_matches,
             "inlier_ratio": self.inlier_ratio, "median_reproj_error_px": self.median_reproj_error_px,
             "position_sigma_m": self.position_sigma_m, "rotation_sigma_deg": self.rotation_sigma_deg,
