@@ -50,7 +50,9 @@ class LocalizerConfig:
     #: p50 / p90 56-82 / 68-99 ms; 400 px first: 0.76 cm, 85 %, 32-35 / 39-45 ms, every
     #: degradation 100 % within 15 cm / 5 deg (the JPEG-15 frame the 400 px attempt rejects is
     #: recovered by the fallback); 320 px: 1.0 cm, 70 %. Maps built with spread pairs
-    #: (2026-11-29, probe 77 ms): 400 px first 0.6 cm, 95 %, 32 / 36 ms; 640 px alone 0.57 cm, 90 %.
+    #: (2026-11-29, two runs each in one window, probe 47-54 ms): 400 px 0.6 cm, 90 %, p50 28 ms;
+    #: 380 px 85 %, 26-30 ms; 360 px 0.7 cm, 80 %, 26-29 ms. On held-out frames of the same room
+    #: (4 splits, 500 queries) 380 / 360 px lost 0.1 cm of median and 0-4 points of the 2 cm share.
     coarse_max_image_side: int = 400
     #: the coarse pose is kept only when accepted with at least this many inliers (20 = whenever
     #: it is accepted), else the full setting runs.
