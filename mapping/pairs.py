@@ -29,11 +29,12 @@ class PosePairConfig:
     pairs_per_image: int = 8
     #: of those, this many are spread over viewpoints instead of taken by overlap: farthest-point
     #: sampling of camera centres among the candidates that overlap at least
-    #: ``spread_min_overlap``. Ranking by overlap alone picks the neighbouring frames of the
-    #: same pass, so a map of several passes through a place becomes one sub-map per pass
-    #: (redkitchen `revisit`, 8 by overlap: 0 of 8,869 points seen from both passes; 4 + 4
-    #: spread: 861 of 8,294). Measured there (400 px first, 100 held-out frames of the query
-    #: pass): 0.99 -> 0.77 cm median, 80 -> 86 % within 2 cm / 1 deg (0 = overlap only).
+    #: ``spread_min_overlap``, from the other sub-maps of the best-overlap graph first. Ranking by
+    #: overlap alone picks the neighbouring frames of the same pass, so a map of several passes
+    #: through a place becomes one sub-map per pass (redkitchen `revisit`, 8 by overlap: 0 of
+    #: 8,869 points seen from both passes; 4 + 4 spread: 1,221 of 8,378). Measured there (400 px
+    #: first, the 100 frames of the query pass): 0.99 -> 0.71 cm median, 80 -> 85 % within 2 cm /
+    #: 1 deg; same build time (0 = overlap only).
     spread_pairs_per_image: int = 4
     spread_min_overlap: float = 0.5
     #: minimum fraction of image i's frustum samples visible in image j.
