@@ -123,12 +123,13 @@ def spread_out(centres: np.ndarray, i: int, picked: list[int], candidates: list[
     if k <= 0 or not candidates:
         return []
     cand = np.asarray(candidates)
-    d = np.linalg.norm(centres[cand][:, None] - centres[[i, *picked]][None], axis=2).min(axis=1)  # (C,)
+    pts = centres[cand]                                                                    # (C, 3)
+    d = np.linalg.norm(pts[:, None] - centres[[i, *picked]][None], axis=2).min(axis=1)   # (C,)
     out: list[int] = []
     for _ in range(min(k, len(cand))):
         b = int(np.argmax(d))
         out.append(int(cand[b]))
-        d = np.minimum(d, np.linalg.norm(centres[cand] - centres[cand[b]], axis=1))
+        d = np.minimum(d, np.linalg.norm(pts - pts[b], axis=1))
         d[b] = -1.0
     return out
 
