@@ -56,6 +56,7 @@ demo: install
 	$(BIN)/vloc demo
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 bench: install

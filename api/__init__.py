@@ -1,2 +1,2 @@
 """vloc stage: api."""
-import vloc  # noqa: F401  (thread settings before numpy / torch load: vloc.threads)
+import core  # noqa: F401  (thread settings before numpy / torch load: core.threads)

@@ -98,7 +98,7 @@ def create_app(settings: Settings, localizer_config: LocalizerConfig | None = No
         yield
         service.shutdown()
 
-    from vloc import __version__
+    from core import __version__
     app = FastAPI(title="vloc localization service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, redirect_slashes=False)
     app.state.vloc = service

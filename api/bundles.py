@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from api.errors import ApiError
-from mapping.bundle import MANIFEST, read_manifest, verify_files
-from vloc.types import VlocError
+from bundleio import MANIFEST, read_manifest, verify_files
+from core.types import VlocError
 
 REQUIRED = ("model", "features.h5", "retrieval.npz")
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from vloc.geo import Georeference
+from core.geo import Georeference
 from localize import Localizer, LocalizerConfig
 
 log = logging.getLogger("vloc.api.cache")

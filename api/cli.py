@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from vloc.cli_util import user_errors
-from vloc.types import VlocError
+from core.cli_util import user_errors
+from core.types import VlocError
 
 keys_app = typer.Typer(help="API keys of a server's data directory (stored hashed; a key is shown once).",
                        no_args_is_help=True)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vloc.camera import CAMERA_MODELS
+from core.camera import CAMERA_MODELS
 
 #: finite float: NaN and +-inf are refused at the boundary (422), never reach the core.
 Finite = Annotated[float, Field(allow_inf_nan=False)]

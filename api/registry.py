@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from api.errors import ApiError
-from vloc.types import VlocError
+from core.types import VlocError
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALL_MAPS = "*"

@@ -19,17 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from api.cache import LoadedMap, MapCache, load_map, prune_sidecars
-from api.robot_tracks import RobotTracks
 from api.errors import ApiError
 from api.limits import decode_image
 from api.metrics import Metrics
 from api.models import CameraIn, PriorIn
 from api.registry import Registry, VersionRecord
+from api.robot_tracks import RobotTracks
 from api.settings import Settings
+from bundleio import read_manifest
+from core.camera import Camera, CameraError
+from core.types import VlocError
 from localize import LocalizationResult, LocalizerConfig, PosePrior
-from mapping.bundle import read_manifest
-from vloc.camera import Camera, CameraError
-from vloc.types import VlocError
 
 log = logging.getLogger("vloc.api.service")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pycolmap
 
-from vloc.camera import CAMERA_MODELS, Camera, CameraError
-from vloc.geometry import Rigid3
-from vloc.types import ImageRecord, VlocError
+from core.camera import CAMERA_MODELS, Camera, CameraError
+from core.geometry import Rigid3
+from core.types import ImageRecord, VlocError
 
 
 def load_colmap_model(path: str | Path) -> list[ImageRecord]:

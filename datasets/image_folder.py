@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vloc.camera import Camera
-from vloc.types import GeoPosition, ImageRecord, VlocError
+from core.camera import Camera
+from core.types import GeoPosition, ImageRecord, VlocError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 #: nominal horizontal error of one unit of GPS dilution of precision, metres.

@@ -18,9 +18,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.types import ImageRecord, VlocError
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.types import ImageRecord, VlocError
 
 HEADER = "# kapture format: 1.1\n"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vloc.camera import Camera
-from vloc.types import ImageRecord, VlocError
+from core.camera import Camera
+from core.types import ImageRecord, VlocError
 
 POSE_FORMATS = ("7scenes", "pgt", "colmap", "kapture")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.types import ImageRecord, VlocError
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.types import ImageRecord, VlocError
 
 #: the RGB camera of 7-Scenes used by the localization literature.
 DEFAULT_CAMERA = Camera("PINHOLE", 640, 480, (525.0, 525.0, 320.0, 240.0))

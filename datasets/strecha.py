@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.types import ImageRecord, VlocError
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.types import ImageRecord, VlocError
 
 
 def _parse_camera_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:

@@ -6,8 +6,8 @@ list of planar textured rectangles (:class:`Quad`): floor, ceiling, 4 walls and 
 non-repetitive texture (smoothed multi-scale noise, random shapes, text) at about
 3 mm per texel.  :meth:`SyntheticScene.render` ray-casts a view (numpy, trilinear
 mip-mapped texture lookup); :func:`write_dataset` writes a 7-Scenes-style folder.
-Poses follow :mod:`vloc.geometry`: ``cam_from_world`` maps world points into the
-camera (x right, y down, z forward); pixel convention is COLMAP's (:mod:`vloc.camera`).
+Poses follow :mod:`core.geometry`: ``cam_from_world`` maps world points into the
+camera (x right, y down, z forward); pixel convention is COLMAP's (:mod:`core.camera`).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.types import ImageRecord
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.types import ImageRecord
 
 DEFAULT_CAMERA = Camera("PINHOLE", 640, 480, (525.0, 525.0, 320.0, 240.0))
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,

@@ -32,11 +32,11 @@ from pyproj.enums import TransformDirection
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 
+from core.camera import Camera
+from core.geo import Georeference
+from core.geometry import Rigid3, Sim3
+from core.types import GeoPosition, ImageRecord
 from datasets.synthetic import Box, Quad, SyntheticScene, draw_random_shape
-from vloc.camera import Camera
-from vloc.geo import Georeference
-from vloc.geometry import Rigid3, Sim3
-from vloc.types import GeoPosition, ImageRecord
 
 GROUND_CAMERA = Camera("PINHOLE", 640, 480, (500.0, 500.0, 320.0, 240.0))
 #: true ENU origin of the world (Zurich: UTM zone 32N, ~0.34 deg grid convergence) and altitude (m, ellipsoid).

@@ -1,5 +1,5 @@
 """vloc stage: localize a camera frame in a map bundle."""
-import vloc  # noqa: F401  (thread settings before numpy / torch load: vloc.threads)
+import core  # noqa: F401  (thread settings before numpy / torch load: core.threads)
 from localize.config import LocalizerConfig
 from localize.localizer import Localizer
 from localize.result import LocalizationResult, PosePrior

@@ -7,10 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from vloc.camera import Camera
-from vloc.imageio import read_image
-from vloc.cli_util import user_errors
-from vloc.types import VlocError
+from core.camera import Camera
+from core.cli_util import user_errors
+from core.imageio import read_image
+from core.types import VlocError
 
 
 def default_camera(manifest: dict, width: int, height: int) -> Camera:
@@ -32,8 +32,8 @@ def localize_cmd(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per image"),
 ) -> None:
     """Localize camera frames in a map bundle."""
+    from core.geo import Georeference
     from localize import Localizer
-    from vloc.geo import Georeference
     loc = Localizer(map_)
     try:
         georef = Georeference.from_manifest(loc.map.manifest)

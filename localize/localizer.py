@@ -12,15 +12,15 @@ import numpy as np
 import pycolmap
 import torch
 
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.types import VlocError
 from localize.config import LocalizerConfig
 from localize.map import LocalizationMap
 from localize.result import LocalizationResult, PosePrior
-from mapping.features import Features, SiftBackend, SiftConfig, root_sift
-from mapping.matching import quantize_int8, search_int8_candidates
-from mapping.retrieval import InvertedFile
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
+from vision.features import Features, SiftBackend, SiftConfig, root_sift
+from vision.matching import quantize_int8, search_int8_candidates
+from vision.retrieval import InvertedFile
 
 
 def stretch_contrast(gray: np.ndarray, percentile: float = 1.0, below_range: int = 160) -> np.ndarray:

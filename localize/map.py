@@ -10,12 +10,12 @@ import numpy as np
 import pycolmap
 import torch
 
-from mapping.features import root_sift
-from mapping.bundle import read_features_h5, read_manifest
-from mapping.matching import sift_int8
-from mapping.retrieval import RetrievalIndex
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
+from bundleio import read_features_h5, read_manifest
+from core.geometry import Rigid3
+from core.types import VlocError
+from vision.features import root_sift
+from vision.matching import sift_int8
+from vision.retrieval import RetrievalIndex
 
 
 def points_from_model(path: Path, image_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,7 +109,7 @@ class LocalizationMap:
                                table.image_names, np.asarray(centres), retrieval, rows)
 
     def cache_rootsift(self, max_bytes: int) -> bool:
-        """Precompute the int8 RootSIFT (:func:`mapping.matching.sift_int8`, 1 byte per entry)
+        """Precompute the int8 RootSIFT (:func:`vision.matching.sift_int8`, 1 byte per entry)
         of every observation when it fits in max_bytes."""
         if len(self.obs_descriptors) * self.obs_descriptors.shape[1] <= max_bytes:
             self._rootsift_cache = sift_int8(self.obs_descriptors)

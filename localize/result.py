@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vloc.geometry import Rigid3
+from core.geometry import Rigid3
 
 
 @dataclass

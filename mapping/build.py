@@ -15,22 +15,35 @@ from typing import Iterator
 import numpy as np
 import pycolmap
 
-from mapping import bundle as bundle_io
-from mapping.features import Features, SiftConfig, make_backend
-from mapping.matching import (MatchConfig, VerifiedPair, match_descriptors, match_sift_int8, normalise_descriptors,
-                              sift_int8, verify_unknown_pose, verify_with_poses)
+import bundleio as bundle_io
+from core import __version__
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.imageio import read_image
+from core.progress import QUIET, Reporter
+from core.threads import kernel_threads
+from core.types import ImageRecord, VlocError
 from mapping.pairs import PosePairConfig, pairs_exhaustive, pairs_from_poses, pairs_from_similarity
-from mapping.reconstruct import (ReconstructionConfig, filter_points, observation_errors,
-                                 structure_from_motion, triangulate_known_poses)
-from mapping.retrieval import RetrievalConfig, RetrievalIndex
+from mapping.reconstruct import (
+    ReconstructionConfig,
+    filter_points,
+    observation_errors,
+    structure_from_motion,
+    triangulate_known_poses,
+)
 from mapping.stage_cache import StageCache, content_key
-from vloc import __version__
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.imageio import read_image
-from vloc.progress import QUIET, Reporter
-from vloc.threads import kernel_threads
-from vloc.types import ImageRecord, VlocError
+from vision.features import Features, SiftConfig, make_backend
+from vision.matching import (
+    MatchConfig,
+    VerifiedPair,
+    match_descriptors,
+    match_sift_int8,
+    normalise_descriptors,
+    sift_int8,
+    verify_unknown_pose,
+    verify_with_poses,
+)
+from vision.retrieval import RetrievalConfig, RetrievalIndex
 
 #: memory for the per-image int8 RootSIFT kept during pair matching.
 INT8_CACHE_BYTES = 256 << 20
@@ -97,7 +110,7 @@ def list_images(root: Path) -> list[str]:
 @contextmanager
 def worker_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
     """A pool of ``workers`` threads whose OpenCV / torch kernels run single-threaded meanwhile
-    (the workers already fill the cores; see :func:`vloc.threads.kernel_threads`)."""
+    (the workers already fill the cores; see :func:`core.threads.kernel_threads`)."""
     with kernel_threads(1) if workers > 1 else nullcontext(), ThreadPoolExecutor(workers) as ex:
         yield ex
 

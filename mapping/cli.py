@@ -1,4 +1,7 @@
-"""`vloc map ...` commands: a thin CLI over mapping.build and the bundle format."""
+"""`vloc map build` (from flags) and `vloc map info`: a thin CLI over mapping.build and the bundle format.
+
+The commands are registered by the `vloc` shell (vloc/cli.py); the job-file form of `map build`
+lives one floor up (hdmap.cli), since a job runs the HD-map stages too."""
 from __future__ import annotations
 
 import json
@@ -10,14 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bundleio import read_manifest, verify_files
+from core.camera import Camera
+from core.cli_util import user_errors
+from core.progress import Reporter
+from core.types import ImageRecord, VlocError
 from mapping.build import BuildConfig, build_map
-from mapping.bundle import read_manifest, verify_files
-from vloc.camera import Camera
-from vloc.cli_util import user_errors
-from vloc.progress import Reporter
-from vloc.types import ImageRecord, VlocError
-
-app = typer.Typer(help="Build and inspect map bundles.", no_args_is_help=True)
 
 
 class PoseFormat(str, Enum):
@@ -57,32 +58,10 @@ def load_records(images: Path, poses: Optional[Path], poses_format: Optional[Pos
     return records
 
 
-@app.command("build")
-@user_errors
-def build(
-    images: Optional[Path] = typer.Option(None, "--images", help="image root; names in the pose file are relative to it"),
-    out: Optional[Path] = typer.Option(None, "--out", help="bundle directory to write (replaced atomically)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a job file (YAML/JSON/TOML) that runs every "
-                                          "stage (build, georef, fuse-aerial, layers); reruns skip finished stages"),
-    poses: Optional[Path] = typer.Option(None, "--poses", help="pose file (omit for SfM from unposed images)"),
-    poses_format: Optional[PoseFormat] = typer.Option(None, "--poses-format"),
-    camera: Optional[str] = typer.Option(None, "--camera", help='"MODEL W H PARAMS..." for all images'),
-    sfm: SfmMethod = typer.Option(SfmMethod.auto, "--sfm", help="SfM method without poses (auto: incremental, "
-                                 "and global too when incremental registers < 80 % of the images)"),
-    max_keypoints: int = typer.Option(4000, "--max-keypoints"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json", help="print the manifest statistics as JSON"),
-) -> None:
-    """Build a map bundle from posed images (--poses) or by SfM from unposed images, or run a job file."""
-    if config is not None:
-        if images is not None or out is not None or poses is not None:
-            raise VlocError("--config takes every option from the job file: drop --images/--out/--poses")
-        from mapping.batch import load_batch_config, run_batch
-        cfg_job = load_batch_config(config)
-        done = run_batch(cfg_job, Reporter(enabled=not quiet))
-        print(json.dumps({"bundle": str(cfg_job.out), "stages": done}) if as_json else
-              f"map job done: {cfg_job.out} (" + ", ".join(f"{k} {v}" for k, v in done.items()) + ")")
-        return
+def build_from_images(images: Optional[Path], out: Optional[Path], poses: Optional[Path],
+                      poses_format: Optional[PoseFormat], camera: Optional[str], sfm: SfmMethod,
+                      max_keypoints: int, quiet: bool, as_json: bool) -> None:
+    """`vloc map build` from flags (posed images, or SfM from unposed ones): build, then report."""
     if images is None or out is None:
         raise VlocError("give --images and --out (or --config FILE)")
     cam = Camera.parse(camera) if camera else None
@@ -107,7 +86,6 @@ def build(
                      f"{s['bytes_per_image'] / 1e3:.0f} kB/image")
 
 
-@app.command("info")
 @user_errors
 def info(bundle: Path = typer.Argument(..., help="bundle directory"),
          as_json: bool = typer.Option(False, "--json"),
@@ -144,7 +122,6 @@ def info(bundle: Path = typer.Argument(..., help="bundle directory"),
             files = m["layers"].get("files", {})
             t.add_row("layers", f"{len(files)} files: " + ", ".join(Path(f).name for f in files))
         if "georeference" in m:
-            from mapping.georef_cli import georeference_rows
             for k, v in georeference_rows(m["georeference"]):
                 t.add_row(k, v)
         if verify:
@@ -154,6 +131,29 @@ def info(bundle: Path = typer.Argument(..., help="bundle directory"),
         raise typer.Exit(1)
 
 
-import mapping.georef_cli  # noqa: E402,F401  (registers `vloc map georef`)
-import mapping.layers_cli  # noqa: E402,F401  (registers `vloc map layers`)
-import mapping.aerial_cli  # noqa: E402,F401  (registers `vloc map fuse-aerial`)
+def georeference_rows(g: dict) -> list[tuple[str, str]]:
+    """(label, text) rows of a manifest ``georeference`` entry for `vloc map info` (raw JSON if unexpected)."""
+    try:
+        return _georeference_rows(g)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return [("georeference", json.dumps(g)[:300])]
+
+
+def _georeference_rows(g: dict) -> list[tuple[str, str]]:
+    o, sim, r = g.get("origin", {}), g.get("enu_from_map", {}), g.get("residuals", {})
+    rows = [("georef origin", f"{o.get('latitude', float('nan')):.7f}, {o.get('longitude', float('nan')):.7f}, "
+                              f"{o.get('altitude', float('nan')):.2f} m (WGS84)")]
+    yaw = f"; yaw {r['yaw_deg']:.2f} deg (map x azimuth)" if "yaw_deg" in r else ""
+    rows.append(("georef enu_from_map", f"scale {sim.get('scale', float('nan')):.6g}{yaw}"))
+    if "horizontal_m" in r:
+        h, v = r["horizontal_m"], r["vertical_m"]
+        rows.append(("georef residuals", f"{r.get('n_inliers')}/{r.get('n')} inliers; horizontal median "
+                                         f"{h['median']:.2f} m max {h['max']:.2f} m; vertical median "
+                                         f"{v['median']:.2f} m max {v['max']:.2f} m"))
+    if "crs" in g:
+        rows.append(("georef CRS", f"{g['crs']} ({g.get('crs_name', '')})"))
+    src = g.get("source")
+    if src is not None:
+        rows.append(("georef source", src.get("kind", "?") + (f" {src['file']}" if "file" in src else "")
+                     if isinstance(src, dict) else str(src)))
+    return rows

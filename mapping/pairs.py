@@ -11,8 +11,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
+from core.camera import Camera
+from core.geometry import Rigid3
 
 
 @dataclass(frozen=True)

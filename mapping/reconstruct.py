@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from mapping.features import Features
-from mapping.matching import VerifiedPair
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.types import ImageRecord, VlocError
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.types import ImageRecord, VlocError
+from vision.features import Features
+from vision.matching import VerifiedPair
 
 pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING chatter; errors still print.
 

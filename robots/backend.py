@@ -9,11 +9,11 @@ from typing import Protocol
 
 import numpy as np
 
+from core.camera import Camera
+from core.geometry import Rigid3
+from core.types import VlocError
 from localize.result import LocalizationResult, PosePrior
 from robots.config import BackendConfig
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
 
 
 class Backend(Protocol):
@@ -65,21 +65,21 @@ def result_from_json(d: dict) -> LocalizationResult:
 
 
 class ServiceBackend:
-    """The vloc service's ``POST /v1/maps/{map_id}/localize`` through :class:`vloc.client.VlocClient`.
+    """The vloc service's ``POST /v1/maps/{map_id}/localize`` through :class:`api.client.VlocClient`.
 
     Frames are sent as PNG (lossless). Service errors (4xx / 5xx, unreachable) raise VlocError.
     """
 
     def __init__(self, url: str, map_id: str, api_key: str | None, timeout_s: float = 30.0,
                  robot_id: str | None = None) -> None:
-        from vloc.client import VlocClient
+        from api.client import VlocClient
         self.name = f"service {url} map {map_id}"
         self.map_id, self.robot_id = map_id, robot_id
         self.client = VlocClient(url, api_key, timeout=timeout_s, image_format="png")
 
     def localize(self, rgb: np.ndarray, camera: Camera, prior: PosePrior | None = None,
                  timestamp: float | None = None) -> LocalizationResult:
-        from vloc.client import VlocClientError
+        from api.client import VlocClientError
         try:
             return result_from_json(self.client.localize(self.map_id, rgb, camera, prior=prior,
                                                          robot_id=self.robot_id, timestamp=timestamp))

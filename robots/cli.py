@@ -1,81 +1,22 @@
-"""`vloc robots ...` commands: thin adapters that connect robots (ROS 2, ROS 1, bags, a simulated
-fleet) to the localization core or the service. Each command lives beside the bridge it runs."""
+"""`vloc robots ros2 | ros1 | replay`: thin adapters that connect robots (ROS 2, ROS 1, bags) to the
+localization core or the service. The `vloc` shell (vloc/cli.py) registers them; the simulated
+fleet (`vloc robots fleet`) is a measurement and lives in bench.fleet_cli."""
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="Robot bridges: ROS 2 (DDS), ROS 1, bag replay, fleet simulation.", no_args_is_help=True)
 
-
-# --- fleet (robots/fleet.py) ---------------------------------------------------------------------
-@app.command("fleet")
-def fleet_cmd(
-    robots: int = typer.Option(3, "--robots", help="simulated robots"),
-    url: str = typer.Option(None, "--url", help="a running service (default: start one on 127.0.0.1 from --root)"),
-    map_id: str = typer.Option(None, "--map-id", help="with --url: the map the robots localize in"),
-    api_key: str = typer.Option(None, "--api-key", envvar="VLOC_API_KEY", help="with --url: a robot key"),
-    root: str = typer.Option(None, "--root", help="7-Scenes-layout scene whose frames the robots replay "
-                             "(default ../shared/datasets/7scenes-redkitchen)"),
-    mode: str = typer.Option("stream", "--mode", help="rest | stream"),
-    hz: float = typer.Option(1.0, "--hz", help="frames per second per robot"),
-    seconds: float = typer.Option(10.0, "--seconds", help="how long the robots drive"),
-    stride: int = typer.Option(1, "--stride", help="frames advanced per tick (1: every captured frame)"),
-    odom_trans: float = typer.Option(0.05, "--odom-noise", help="odometry translation noise, fraction of the step"),
-    odom_rot: float = typer.Option(0.05, "--odom-rot-noise", help="odometry rotation noise, fraction of the step"),
-    workers: int = typer.Option(2, "--workers", help="server threads (local service only)"),
-    workdir: str = typer.Option("bench-results/serve-cache", "--workdir", help="map cache (local service only)"),
-    seed: int = typer.Option(0, "--seed"),
-    json_out: bool = typer.Option(False, "--json", help="print the report as JSON instead of a table"),
-) -> None:
-    """N delivery robots replaying real frames with noisy odometry through the service: per-robot
-    pose error vs pgt_sfm, latency and drops."""
-    from vloc.cli_util import user_errors
-
-    @user_errors
-    def run() -> None:
-        import json
-        from pathlib import Path
-
-        from robots.fleet import DEFAULT_ROOT, FleetConfig, OdomNoise, print_fleet, run_fleet, run_local_fleet
-        from vloc.progress import Reporter
-        from vloc.types import VlocError
-
-        cfg = FleetConfig(robots=robots, mode=mode, hz=hz, seconds=seconds, seed=seed, stride=stride,
-                          odom=OdomNoise(trans_frac=odom_trans, rot_frac=odom_rot))
-        cfg.check()
-        if url:
-            if not map_id:
-                raise VlocError("--url needs --map-id (and --api-key unless the service is open)")
-            from api.bench_serve import ServeBenchConfig, prepare_7scenes
-            frames_root = Path(root) if root else DEFAULT_ROOT
-            if not frames_root.is_dir():
-                raise VlocError(f"7-Scenes folder {frames_root} not found (pass --root)")
-            _, frames, _ = prepare_7scenes(frames_root, Path(workdir), ServeBenchConfig(), Reporter(not json_out))
-            res = run_fleet(url, api_key, map_id, frames, cfg)
-        else:
-            res = run_local_fleet(cfg, Path(root) if root else DEFAULT_ROOT, Path(workdir), workers,
-                                  Reporter(not json_out))
-        if json_out:
-            print(json.dumps(res, indent=2, allow_nan=False))
-        else:
-            print_fleet(res)
-
-    run()
-
-
-@app.command("ros2")
 def ros2(config: str = typer.Option(..., "--config", "-c", help="bridge config, YAML or JSON (robots/config.py "
                                                                  "BridgeConfig)"),
          log_level: str = typer.Option("info", help="debug, info, warning")) -> None:
     """ROS 2 live bridge over DDS: Image / CompressedImage + CameraInfo + /tf in, PoseWithCovarianceStamped
     and map->odom TF out. Runs until Ctrl-C / SIGTERM, then logs its counters."""
+    from core.cli_util import user_errors
     from robots.ros2.bridge import run_from_config
-    from vloc.cli_util import user_errors
     user_errors(run_from_config)(config, log_level)
 
 
 # --- replay (robots/replay.py) -------------------------------------------------------------------
-@app.command("replay")
 def replay_cmd(
     in_bag: str = typer.Argument(..., help="ROS 1 .bag, or ROS 2 bag directory (sqlite3 / MCAP)"),
     bundle: str = typer.Option(..., "--map", help="map bundle directory"),
@@ -98,7 +39,7 @@ def replay_cmd(
 ) -> None:
     """Localize every image frame of a bag (or at --rate) and write poses + TF to a new bag and a
     TUM trajectory; with ground truth, print the accuracy."""
-    from vloc.cli_util import user_errors
+    from core.cli_util import user_errors
 
     @user_errors
     def run() -> None:
@@ -106,9 +47,9 @@ def replay_cmd(
         import logging
         from pathlib import Path
 
+        from core.types import VlocError
         from robots.replay import ReplayConfig, print_report, replay
         from robots.transforms import rigid_from_ros
-        from vloc.types import VlocError
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         extrinsic = None
@@ -134,14 +75,13 @@ def replay_cmd(
 
 
 # --- ros1 (robots/ros1/bridge.py) ----------------------------------------------------------------
-@app.command("ros1")
 def ros1_cmd(config: str = typer.Option(..., "--config", "-c", help="bridge config, YAML or JSON (robots/config.py "
                                         "BridgeConfig; its dds section is ignored)"),
              log_level: str = typer.Option("info", "--log-level"),
              node_name: str = typer.Option("vloc_bridge", "--node-name", help="ROS 1 node name")) -> None:
     """ROS 1 live bridge (rospy; master from ROS_MASTER_URI): Image / CompressedImage + CameraInfo + /tf in,
     PoseWithCovarianceStamped and map->odom TF out. Runs until Ctrl-C / SIGTERM, then logs its counters."""
-    from vloc.cli_util import user_errors
+    from core.cli_util import user_errors
 
     @user_errors
     def run() -> None:

@@ -22,9 +22,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.geometry import Rigid3
+from core.types import VlocError
 from robots.transforms import base_from_optical, rigid_from_ros, rigid_from_rpy
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
 
 Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
 

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from core.types import VlocError
 from robots.backend import make_backend
 from robots.config import BridgeConfig, load_bridge_config
-from vloc.types import VlocError
 
 
 def run_bridge(config_path: str | Path, log_level: str, make_bridge: Callable) -> dict[str, int]:

@@ -5,7 +5,7 @@ classes), shared by the ROS 2 (DDS), ROS 1 and bag paths.
   -> (H, W, 3) uint8 RGB.
 * :func:`decode_compressed`: ``sensor_msgs/CompressedImage`` (format, data) -> (H, W, 3) uint8 RGB.
 * :func:`camera_from_camera_info`: ``sensor_msgs/CameraInfo`` (K, D, size, distortion model,
-  binning, ROI) -> :class:`vloc.camera.Camera`.
+  binning, ROI) -> :class:`core.camera.Camera`.
 
 Every unusable input raises :class:`ImageError` (a :class:`VlocError`) whose message says what
 is wrong; bridges log it and skip the message.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vloc.camera import Camera, CameraError
-from vloc.types import VlocError
+from core.camera import Camera, CameraError
+from core.types import VlocError
 
 #: encoding -> (channels, bytes per channel)
 ENCODINGS: dict[str, tuple[int, int]] = {

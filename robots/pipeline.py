@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robots.images import (ImageError, check_compressed_fields, check_image_fields, decode_compressed,
-                           decode_image)
-from vloc.camera import Camera
+from core.camera import Camera
+from robots.images import ImageError, check_compressed_fields, check_image_fields, decode_compressed, decode_image
 
 log = logging.getLogger("vloc.robots")
 
@@ -234,8 +233,8 @@ class FramePipeline:
 
     def __call__(self, frame: PendingFrame, now_s: float) -> Localized | None:
         """The frame's outputs, or None when nothing is to be published."""
+        from core.types import VlocError
         from robots.transforms import map_from_base_from_camera, ros_pose_covariance
-        from vloc.types import VlocError
 
         cfg, counters, throttle = self.cfg, self.counters, self.throttle
         if cfg.max_age_s > 0:

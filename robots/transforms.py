@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from vloc.geometry import Rigid3
+from core.geometry import Rigid3
 
 #: ``camera_link_from_camera_optical``: the optical frame (z fwd, x right, y down) expressed in a
 #: body-style camera frame (x fwd, y left, z up); RPY (-pi/2, 0, -pi/2) as in REP-103.

@@ -4,7 +4,7 @@ A TUM line is the pose of a moving frame in a fixed frame (``fixed_from_moving``
 of the moving frame's origin and its orientation), e.g. ``world_from_cam`` or ``map_from_base``.
 The file does not say which; :func:`write_tum` puts it in a header comment and the caller names
 it in the variable (``stamped_world_from_cam``). Quaternions are (x, y, z, w) on the line;
-everything in memory is :class:`vloc.geometry.Rigid3`. Timestamps: seconds (float).
+everything in memory is :class:`core.geometry.Rigid3`. Timestamps: seconds (float).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
+from core.geometry import Rigid3
+from core.types import VlocError
 
 
 @dataclass(frozen=True)

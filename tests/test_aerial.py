@@ -16,21 +16,36 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 from typer.testing import CliRunner
 
-from datasets.world import (GROUND_CAMERA, cast_vertical, generate_world, render_orthophoto, utm_crs,
-                            write_ground_dataset, write_orthophoto)
-from mapping.aerial import (AerialConfig, Similarity2D, apply_vertical, fuse_bundle, ground_mask, load_map_points,
-                            match_patches, refine_georeference, register_to_ortho, render_topdown)
-from mapping.raster import Raster, apply_affine, read_raster, reproject_raster, sample_raster, tile_raster
+from bundleio import read_manifest, update_bundle, verify_files
+from core.geo import Georeference
+from core.geometry import Rigid3
+from core.types import VlocError
+from datasets.world import (
+    GROUND_CAMERA,
+    cast_vertical,
+    generate_world,
+    render_orthophoto,
+    utm_crs,
+    write_ground_dataset,
+    write_orthophoto,
+)
+from hdmap.aerial import (
+    AerialConfig,
+    Similarity2D,
+    apply_vertical,
+    fuse_bundle,
+    load_map_points,
+    refine_georeference,
+    register_to_ortho,
+)
+from hdmap.aerial_render import ground_mask, match_patches, render_topdown
+from hdmap.geodesy import geodetic_to_enu, map_to_crs, map_to_geodetic
+from hdmap.georef import estimate_georeference, map_x_azimuth_deg, up_from_cameras
+from hdmap.raster import Raster, apply_affine, read_raster, reproject_raster, sample_raster, tile_raster
 from mapping.build import BuildConfig, build_map
-from mapping.bundle import read_manifest, update_bundle, verify_files
-from mapping.features import SiftConfig
-from mapping.georef import (estimate_georeference, geodetic_to_enu, map_to_crs, map_to_geodetic,
-                            map_x_azimuth_deg, up_from_cameras)
 from mapping.pairs import PosePairConfig
+from vision.features import SiftConfig
 from vloc.cli import app
-from vloc.geo import Georeference
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
 
 runner = CliRunner()
 UTM32 = CRS.from_epsg(32632)

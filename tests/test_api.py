@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from api.app import create_app
-from api.cache import MapCache, estimate_bytes, load_map, prune_sidecars
+from api.cache import MapCache, load_map, prune_sidecars
 from api.settings import Settings
 from api.testing import LiveServer, encode_image, http_client, shared_test_map
 from datasets.synthetic import DEFAULT_CAMERA
@@ -382,7 +382,7 @@ def test_georeferenced_map_returns_geodetic_pose(svc, tmap, queries, tmp_path):
 
 
 def test_malformed_georeference_is_refused_not_guessed():
-    from vloc.geo import Georeference
+    from core.geo import Georeference
     assert Georeference.from_manifest({}) is None
     for bad in ({"origin": {"latitude": 95, "longitude": 0}, "enu_from_map": {"translation": [0, 0, 0],
                                                                             "rotation": np.eye(3).tolist()}},

@@ -21,7 +21,7 @@ import pytest
 from api.app import create_app
 from api.settings import Settings
 from api.testing import LiveServer, encode_image, http_client, shared_test_map
-from vloc.camera import Camera
+from core.camera import Camera
 
 pytestmark = pytest.mark.timeout(300)
 W, H = 160, 120

@@ -16,8 +16,8 @@ from api.app import create_app
 from api.settings import Settings
 from api.testing import LiveServer, encode_image, shared_test_map, stream_frame
 from datasets.synthetic import DEFAULT_CAMERA
-from localize.tracking import Tracker
 from localize import LocalizerConfig
+from localize.tracking import Tracker
 
 pytestmark = pytest.mark.timeout(300)
 CAMERA = {"model": "PINHOLE", "width": 640, "height": 480, "params": [525.0, 525.0, 320.0, 240.0]}
@@ -155,7 +155,7 @@ def test_frames_that_wait_past_max_queue_wait_are_dropped_as_busy(shedding_svc, 
 
 
 def test_rest_frame_past_its_max_wait_gets_429_busy(shedding_svc, walk):
-    from vloc.client import VlocClient, VlocClientError, is_busy
+    from api.client import VlocClient, VlocClientError, is_busy
     image = walk[0][0]
     with VlocClient(shedding_svc.url, shedding_svc.keys["robot"]) as c:
         assert c.localize("room", image, CAMERA, max_wait_ms=60_000)["accepted"]

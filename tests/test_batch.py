@@ -14,11 +14,11 @@ import pycolmap
 import pytest
 from typer.testing import CliRunner
 
+from bundleio import read_manifest, verify_files
+from core.types import VlocError
 from datasets.synthetic import generate_scene, write_dataset
-from mapping.batch import load_batch_config, run_batch, stage_done
-from mapping.bundle import read_manifest, verify_files
+from hdmap.job import load_batch_config, run_batch, stage_done
 from vloc.cli import app
-from vloc.types import VlocError
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -127,9 +127,9 @@ def test_bad_job_files_are_refused_with_the_field(frames, tmp_path):
 
 def write_gnss(path: Path, frames: Path, origin=(55.7, 13.2, 20.0), yaw_deg: float = 30.0) -> None:
     """GNSS fixes (cm noise) of the frames' true centres under a known map -> ENU similarity."""
+    from core.camera import Camera
     from datasets.posefile import load_poses
-    from mapping.georef import enu_to_geodetic
-    from vloc.camera import Camera
+    from hdmap.geodesy import enu_to_geodetic
     recs = load_poses(frames / "pgt_sfm_seq01.txt", "pgt", camera=Camera.parse((frames / "camera.txt").read_text()))
     c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
     R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
@@ -144,7 +144,8 @@ def noise_geotiff(path: Path, centre_lat_lon: tuple[float, float]) -> None:
     """A 200 x 200 m random orthophoto around a place (nothing a map could register to)."""
     import rasterio
     from rasterio.transform import from_origin
-    from mapping.georef import geodetic_to_crs, utm_crs_for
+
+    from hdmap.geodesy import geodetic_to_crs, utm_crs_for
     crs = utm_crs_for(*centre_lat_lon)
     e, n, _ = geodetic_to_crs(np.array([[*centre_lat_lon, 0.0]]), crs)[0]
     img = np.random.default_rng(1).integers(0, 255, (3, 2000, 2000), dtype=np.uint8)

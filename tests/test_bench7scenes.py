@@ -10,11 +10,26 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from localize.bench7scenes import (DEGRADATIONS, THRESHOLDS, Bench7ScenesConfig, accuracy_metrics, cdf_path,
-                                   darken, dense_split, half_resolution, jpeg, latency_metrics, markdown_table,
-                                   motion_blur, query_errors, revisit_split, run_7scenes_bench, sensor_noise)
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
+from bench.sevenscenes import (
+    DEGRADATIONS,
+    THRESHOLDS,
+    Bench7ScenesConfig,
+    accuracy_metrics,
+    cdf_path,
+    darken,
+    dense_split,
+    half_resolution,
+    jpeg,
+    latency_metrics,
+    markdown_table,
+    motion_blur,
+    query_errors,
+    revisit_split,
+    run_7scenes_bench,
+    sensor_noise,
+)
+from core.camera import Camera
+from core.geometry import Rigid3
 
 CAM = Camera("PINHOLE", 640, 480, (525.0, 525.0, 320.0, 240.0))
 M_KEYS = {"n_queries", "rejected", "median_t_cm", "median_r_deg", "pct_2cm_1deg", "pct_5cm_5deg",

@@ -4,11 +4,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from localize.bench_scale import (ScaleConfig, accuracy_summary, bench_camera, building_records, choose_queries,
-                                  ensure_queries, markdown_table, offset_records, percentile_stats, room_of,
-                                  room_offsets, rooms_for_size, stage_medians, to_world)
-from vloc.geometry import Rigid3, pose_error
-from vloc.types import ImageRecord
+from bench.scale import (
+    ScaleConfig,
+    accuracy_summary,
+    bench_camera,
+    building_records,
+    choose_queries,
+    ensure_queries,
+    markdown_table,
+    offset_records,
+    percentile_stats,
+    room_of,
+    room_offsets,
+    rooms_for_size,
+    stage_medians,
+    to_world,
+)
+from core.geometry import Rigid3, pose_error
+from core.types import ImageRecord
 
 
 def test_layout_and_queries():
@@ -52,8 +65,8 @@ def test_stats():
 def test_two_room_building_end_to_end(tmp_path):
     """Two rooms 12 m apart, 16 images each at 320x240: the map is in world coordinates and a
     pass-1 frame of room 1 localizes at its offset world pose."""
+    from bench.scale import _measure_worker
     from localize import Localizer
-    from localize.bench_scale import _measure_worker
     from mapping.build import BuildConfig, build_map
     cfg = ScaleConfig(width=320, height=240, frames_per_room=16, n_boxes=2)
     rooms = tmp_path / "rooms"

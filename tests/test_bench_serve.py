@@ -8,12 +8,23 @@ import math
 import numpy as np
 import pytest
 
-from api.bench_serve import (Query, ServeBenchConfig, cache_figures, frame_offsets, latency_stats, map_ids,
-                             markdown_table, pose_errors, prometheus_values, query_frame_numbers, run_serve_bench,
-                             schedule, summarize)
 from api.testing import shared_test_map
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
+from bench.serve import markdown_table, run_serve_bench
+from bench.serve_config import (
+    Query,
+    ServeBenchConfig,
+    cache_figures,
+    frame_offsets,
+    map_ids,
+    pose_errors,
+    prometheus_values,
+    query_frame_numbers,
+    schedule,
+    summarize,
+)
+from core.geometry import Rigid3
+from core.stats import latency_stats
+from core.types import VlocError
 
 pytestmark = pytest.mark.timeout(300)
 

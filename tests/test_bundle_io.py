@@ -1,11 +1,11 @@
-"""mapping.bundle: the descriptor table's compressed writer reads back exactly, in any shape."""
+"""bundleio.features_h5: the descriptor table's compressed writer reads back exactly, in any shape."""
 from __future__ import annotations
 
 import h5py
 import numpy as np
 import pytest
 
-from mapping.bundle import write_compressed
+from bundleio import write_compressed
 
 
 @pytest.mark.parametrize("n, chunk_rows, dtype", [(0, 8, np.uint8), (5, 8, np.uint8), (8, 8, np.uint8),

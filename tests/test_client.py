@@ -1,4 +1,4 @@
-"""vloc.client against a real uvicorn server on 127.0.0.1: every method of the sync and async
+"""api.client against a real uvicorn server on 127.0.0.1: every method of the sync and async
 clients, error mapping (401/403/404/413/422 -> VlocClientError with the status), REST and stream."""
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from api.app import create_app
+from api.client import AsyncVlocClient, VlocClient, VlocClientError, VlocConnectionError, camera_json, stream_message
+from api.client_base import prior_json
 from api.settings import Settings
 from api.testing import LiveServer, encode_image, shared_test_map
 from datasets.synthetic import DEFAULT_CAMERA
 from localize import PosePrior
-from vloc.client import (AsyncVlocClient, VlocClient, VlocClientError, VlocConnectionError, camera_json,
-                         prior_json, stream_message)
 
 pytestmark = pytest.mark.timeout(300)
 

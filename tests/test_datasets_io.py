@@ -4,18 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pycolmap
 import pytest
+from conftest import shared_dataset
 from PIL import Image, TiffImagePlugin
 
+from core.camera import Camera
+from core.geometry import Rigid3, pose_error
+from core.types import ImageRecord, VlocError
 from datasets.colmap_model import build_reconstruction, load_colmap_model, write_colmap_model
 from datasets.image_folder import UERE_M, load_image_folder
 from datasets.kapture_io import load_kapture, write_kapture
 from datasets.posefile import POSE_FORMATS, load_poses
 from datasets.sevenscenes import frame_number, load_7scenes_poses, load_pgt, write_pgt
 from datasets.strecha import load_strecha
-from conftest import shared_dataset
-from vloc.camera import Camera
-from vloc.geometry import Rigid3, pose_error
-from vloc.types import ImageRecord, VlocError
 
 R_ = TiffImagePlugin.IFDRational
 

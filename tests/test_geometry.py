@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pycolmap
 import pytest
 from scipy.spatial.transform import Rotation
 
-from vloc.camera import Camera, CameraError
-from vloc.geometry import Rigid3, estimate_sim3, estimate_sim3_robust, pose_error, rotation_angle_deg
+from core.camera import Camera, CameraError
+from core.geometry import Rigid3, estimate_sim3, estimate_sim3_robust, pose_error, rotation_angle_deg
 
 
 def random_pose(rng) -> Rigid3:

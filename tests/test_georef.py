@@ -1,7 +1,7 @@
 """Georeferencing on generated data with exact truth: estimation, refusals, conversions, file readers, CLI.
 
 Truth geodetic positions are made through ECEF (pyproj EPSG:4979 <-> EPSG:4978 and the textbook ENU
-rotation), a path independent of the ``topocentric`` pipeline that mapping.georef and vloc.geo use.
+rotation), a path independent of the ``topocentric`` pipeline that hdmap.georef and core.geo use.
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from pyproj import Transformer
 from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
-from mapping import georef as gr
-from mapping.gnss import GcpObservation, read_gcp_file, read_gnss_csv, resolve_gcps
-from vloc.geometry import Rigid3, Sim3
-from vloc.types import VlocError
+from core.geometry import Rigid3, Sim3
+from core.types import VlocError
+from hdmap import geodesy as gd
+from hdmap import georef as gr
+from hdmap.gnss import GcpObservation, read_gcp_file, read_gnss_csv, resolve_gcps
 
 LUND = (55.6985, 13.1950, 40.0)
 runner = CliRunner()
@@ -68,44 +69,44 @@ def test_enu_matches_ecef_truth_and_round_trips():
     rng = np.random.default_rng(0)
     enu = np.c_[rng.uniform(-3000, 3000, (50, 2)), rng.uniform(-50, 50, 50)]
     geo = truth_geodetic(enu, LUND)
-    assert np.abs(gr.geodetic_to_enu(geo, LUND) - enu).max() < 1e-6
-    back = gr.enu_to_geodetic(enu, LUND)
+    assert np.abs(gd.geodetic_to_enu(geo, LUND) - enu).max() < 1e-6
+    back = gd.enu_to_geodetic(enu, LUND)
     assert np.abs(back[:, :2] - geo[:, :2]).max() < 1e-10 and np.abs(back[:, 2] - geo[:, 2]).max() < 1e-6
-    assert np.abs(gr.geodetic_to_enu(back, LUND) - enu).max() < 1e-6
+    assert np.abs(gd.geodetic_to_enu(back, LUND) - enu).max() < 1e-6
     # the centroid of a symmetric cloud is its centre; across the antimeridian too
-    c = gr.geodetic_centroid(np.array([[10.0, 179.9, 0.0], [10.0, -179.9, 10.0]]))
+    c = gd.geodetic_centroid(np.array([[10.0, 179.9, 0.0], [10.0, -179.9, 10.0]]))
     assert abs(abs(c[1]) - 180.0) < 1e-6 and abs(c[0] - 10.0) < 1e-3 and c[2] == 5.0
 
 
 @pytest.mark.parametrize("lat,lon,epsg", [(55.7, 13.2, 32633), (-33.92, 18.42, 32734), (40.7, -74.0, 32618),
                                           (60.39, 5.32, 32632), (78.22, 15.65, 32633), (-0.5, 179.99, 32760)])
 def test_utm_zone_is_picked_automatically(lat, lon, epsg):
-    assert gr.utm_crs_for(lat, lon).to_epsg() == epsg
-    assert gr.resolve_crs(None, lat, lon).to_epsg() == epsg
+    assert gd.utm_crs_for(lat, lon).to_epsg() == epsg
+    assert gd.resolve_crs(None, lat, lon).to_epsg() == epsg
 
 
 def test_resolve_crs_user_choice_and_errors():
-    assert gr.resolve_crs("EPSG:3006", *LUND[:2]).to_epsg() == 3006  # SWEREF 99 TM
-    assert gr.crs_id(gr.resolve_crs("EPSG:3006", *LUND[:2])) == "EPSG:3006"
+    assert gd.resolve_crs("EPSG:3006", *LUND[:2]).to_epsg() == 3006  # SWEREF 99 TM
+    assert gd.crs_id(gd.resolve_crs("EPSG:3006", *LUND[:2])) == "EPSG:3006"
     with pytest.raises(VlocError, match="unknown CRS"):
-        gr.resolve_crs("EPSG:999999", *LUND[:2])
+        gd.resolve_crs("EPSG:999999", *LUND[:2])
     with pytest.raises(VlocError, match="geocentric"):
-        gr.resolve_crs("EPSG:4978", *LUND[:2])
-    assert gr.parse_origin("55.7, 13.2, 40") == (55.7, 13.2, 40.0)
+        gd.resolve_crs("EPSG:4978", *LUND[:2])
+    assert gd.parse_origin("55.7, 13.2, 40") == (55.7, 13.2, 40.0)
     for bad in ("55.7", "north,east,up", "95,13,0"):
         with pytest.raises(VlocError):
-            gr.parse_origin(bad)
+            gd.parse_origin(bad)
 
 
 def test_map_to_crs_matches_truth_in_utm():
     map_xyz, enu, sim, _ = make_problem(20)
     ref = gr.Georeference.from_sim3(*LUND, sim)
-    utm = gr.map_to_crs(map_xyz, ref, "EPSG:32633")
+    utm = gd.map_to_crs(map_xyz, ref, "EPSG:32633")
     geo = truth_geodetic(enu, LUND)
     e, n, h = Transformer.from_crs("EPSG:4979", "EPSG:32633", always_xy=True).transform(geo[:, 1], geo[:, 0], geo[:, 2])
     assert np.abs(utm - np.c_[e, n, h]).max() < 1e-5
     assert 3.8e5 < utm[:, 0].min() and utm[:, 0].max() < 3.95e5 and 6.17e6 < utm[:, 1].min()  # Lund, zone 33
-    back = gr.crs_to_geodetic(utm, "EPSG:32633")
+    back = gd.crs_to_geodetic(utm, "EPSG:32633")
     assert np.abs(back - geo).max() < 1e-6
 
 
@@ -134,7 +135,7 @@ def test_noisy_gps_with_outliers_recovers_truth_and_flags_outliers():
     assert abs(g.scale / sim.scale - 1) < 0.02
     assert rot_err_deg(g.rotation, sim.rotation) < 1.5
     # the fitted map -> geodetic lands well inside the per-point GPS noise (2 m horizontal, 4 m vertical)
-    fitted = gr.geodetic_to_enu(gr.map_to_geodetic(map_xyz, g), LUND)
+    fitted = gd.geodetic_to_enu(gd.map_to_geodetic(map_xyz, g), LUND)
     assert np.median(np.linalg.norm(fitted - enu, axis=1)) < 1.5
     s = est.summary()
     assert s["n"] == 40 and s["n_inliers"] == 35
@@ -373,8 +374,8 @@ def _write_gnss(path, records, outlier: int | None = None, seed: int = 0):
 def test_cli_georef_from_gnss_info_and_localize(bundle, posed_bundle, scene, tmp_path):
     import cv2
 
+    from bundleio import read_manifest, verify_files
     from datasets.synthetic import DEFAULT_CAMERA
-    from mapping.bundle import read_manifest, verify_files
     from vloc.cli import app
     _, records = posed_bundle
     registered = set(pycolmap.Reconstruction(str(bundle / "model")).images[i].name
@@ -423,7 +424,7 @@ def test_cli_georef_from_gnss_info_and_localize(bundle, posed_bundle, scene, tmp
 
 
 def test_cli_georef_from_map_point_gcps_with_fixed_scale(bundle, scene, tmp_path):
-    from mapping.bundle import read_manifest
+    from bundleio import read_manifest
     from vloc.cli import app
     pts = np.array([[-2.5, -2.0, 0.0], [2.5, -2.0, 0.0], [2.5, 2.0, 2.4], [-2.5, 2.0, 2.4], [0.0, 0.0, 1.0]])
     geo = _true_geodetic_of_map(pts)
@@ -442,7 +443,7 @@ def test_cli_georef_from_map_point_gcps_with_fixed_scale(bundle, scene, tmp_path
     # exact up to the file's rounding (1e-10 deg, 0.1 mm of altitude)
     assert rot_err_deg(ref.rotation, TRUE_ENU_FROM_MAP.rotation) < 1e-3
     assert np.abs(ref.translation - TRUE_ENU_FROM_MAP.translation).max() < 1e-3
-    assert gr.crs_id(gr.resolve_crs(None, *LUND[:2])) == json.loads(res.stdout)["georeference"]["crs"]
+    assert gd.crs_id(gd.resolve_crs(None, *LUND[:2])) == json.loads(res.stdout)["georeference"]["crs"]
 
 
 def test_cli_georef_user_errors(bundle, tmp_path):

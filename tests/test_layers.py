@@ -14,21 +14,21 @@ import rasterio
 import yaml
 from typer.testing import CliRunner
 
+from bundleio import read_manifest, update_bundle, verify_files
+from core.camera import Camera
+from core.geo import Georeference
+from core.geometry import Rigid3, Sim3
 from datasets.synthetic import generate_scene
+from hdmap.geodesy import utm_crs_for
+from hdmap.layers.build import LayersConfig, build_layers
+from hdmap.layers.depth import backproject, load_depth_folder
+from hdmap.layers.floors import find_floors, level_from_map
+from hdmap.layers.mesh import PoissonConfig, TsdfConfig, sparse_mesh, tsdf_mesh
+from hdmap.layers.occupancy import FREE, OCCUPIED, OccupancyGrid, write_ros_map
+from hdmap.layers.ortho import OrthoConfig, render_mesh_ortho, render_ortho, write_geotiff
+from hdmap.layers.pointcloud import read_map_points, read_ply, write_las, write_ply
 from mapping.build import BuildConfig, build_map
-from mapping.bundle import read_manifest, update_bundle, verify_files
-from mapping.layers.build import LayersConfig, build_layers
-from mapping.layers.depth import backproject, load_depth_folder
-from mapping.layers.floors import find_floors, level_from_map
-from mapping.layers.mesh import PoissonConfig, TsdfConfig, sparse_mesh, tsdf_mesh
-from mapping.layers.occupancy import FREE, OCCUPIED, OccupancyGrid, write_ros_map
-from mapping.layers.ortho import OrthoConfig, render_mesh_ortho, render_ortho, write_geotiff
-from mapping.layers.pointcloud import read_map_points, read_ply, write_las, write_ply
-from mapping.georef import utm_crs_for
-from vloc.camera import Camera
 from vloc.cli import app
-from vloc.geo import Georeference
-from vloc.geometry import Rigid3, Sim3
 
 runner = CliRunner()
 CAMERA = Camera("PINHOLE", 240, 180, (196.875, 196.875, 120.0, 90.0))
@@ -303,7 +303,7 @@ def test_footprint_geojson_in_map_frame_and_georeferenced(layered, tmp_path):
     assert info["frames"]["projected_crs"] == f"EPSG:{crs.to_epsg()}"
     las = laspy.read(geo / "layers" / "points.las")
     assert las.header.parse_crs().equals(crs)
-    from mapping.georef import map_to_crs
+    from hdmap.geodesy import map_to_crs
     pts = read_map_points(geo)
     expect = map_to_crs(pts.xyz, ref, crs)
     assert np.abs(np.stack([las.x, las.y, las.z], 1) - expect).max() <= 0.0005 + 1e-6

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from core.geometry import pose_error
 from datasets.synthetic import generate_scene, write_dataset
 from localize import Localizer, LocalizerConfig, PosePrior
 from localize.localizer import estimate_pose
 from mapping.build import BuildConfig, build_map
 from vloc.cli import app
-from vloc.geometry import pose_error
 
 CAM_FRAMES = 30
 
@@ -98,9 +98,10 @@ def test_covariance_grows_when_inliers_are_removed(localizer, queries):
     rgb, truth = frames[3]
     m = localizer.map
     feats = localizer.extract(rgb)
-    from localize.localizer import first_observation_per_point, match_to_points
-    from mapping.features import root_sift
     import torch
+
+    from localize.localizer import first_observation_per_point, match_to_points
+    from vision.features import root_sift
     obs = first_observation_per_point(m.observations(localizer.retrieve(feats, None)), m.obs_point)
     qi, pi = match_to_points(torch.from_numpy(root_sift(feats.descriptors)),
                              m.rootsift_int8(obs), lambda rows: m.rootsift(obs[rows]), m.obs_point[obs], 0.9)
@@ -126,8 +127,8 @@ def test_covariance_is_in_the_documented_tangent_and_units():
     in quaternion half-angle units (a factor 2 in sigma): a convention slip shows here."""
     from scipy.spatial.transform import Rotation
 
+    from core.camera import Camera
     from localize.localizer import centre_covariance
-    from vloc.camera import Camera
     rng = np.random.default_rng(4)
     camera = Camera.pinhole(525.0, 640, 480)
     R = Rotation.from_rotvec([0.2, -0.4, 0.1]).as_matrix()
@@ -172,7 +173,7 @@ def test_localize_cli_json(bundle, queries, tmp_path):
 
 
 def test_image_camera_size_mismatch_is_a_clear_error(localizer, queries):
-    from vloc.types import VlocError
+    from core.types import VlocError
     frames, camera = queries
     with pytest.raises(VlocError, match="camera says"):
         localizer.localize(frames[0][0][:240], camera)

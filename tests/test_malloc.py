@@ -1,4 +1,4 @@
-"""vloc.malloc: per-frame buffers stop costing page faults once vloc is imported (glibc)."""
+"""core.malloc: per-frame buffers stop costing page faults once vloc is imported (glibc)."""
 from __future__ import annotations
 
 import os
@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from vloc.malloc import keep_freed_memory, operator_set
+from core.malloc import keep_freed_memory, operator_set
 
 SCRIPT = """
 import resource
-import vloc, numpy as np, cv2
+import core, numpy as np, cv2
 img = (np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)
 sift = cv2.SIFT_create()
 for _ in range(3):

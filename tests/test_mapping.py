@@ -11,13 +11,13 @@ import pycolmap
 import pytest
 from typer.testing import CliRunner
 
+from bundleio import FORMAT_VERSION, read_features_h5, read_manifest, verify_files
+from core.geometry import estimate_sim3
+from core.types import VlocError
 from datasets.synthetic import generate_scene, write_dataset
 from mapping.build import BuildConfig, build_map
-from mapping.bundle import FORMAT_VERSION, read_features_h5, read_manifest, verify_files
 from mapping.reconstruct import images_cam_from_world, observation_errors, reprojection_errors
 from vloc.cli import app
-from vloc.geometry import estimate_sim3
-from vloc.types import VlocError
 
 runner = CliRunner()
 N_FRAMES = 24
@@ -266,7 +266,7 @@ def test_global_sfm_option(dataset, tmp_path):
 
 
 def test_update_bundle_is_atomic_and_versioned(posed_bundle, tmp_path):
-    from mapping.bundle import update_bundle
+    from bundleio import update_bundle
     copy = tmp_path / "b"
     shutil.copytree(posed_bundle, copy)
     before = (copy / "manifest.json").read_bytes()

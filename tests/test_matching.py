@@ -1,12 +1,20 @@
-"""mapping.matching: the int16 fast paths rank non-negative bf16 scores exactly like the values."""
+"""vision.matching: the int16 fast paths rank non-negative bf16 scores exactly like the values."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from mapping.features import root_sift
-from mapping.matching import (INT8_SCALE, column_max, int8_scores, match_descriptors, match_sift_int8, quantize_int8,
-                              row_top2, search_candidates)
+from vision.features import root_sift
+from vision.matching import (
+    INT8_SCALE,
+    column_max,
+    int8_scores,
+    match_descriptors,
+    match_sift_int8,
+    quantize_int8,
+    row_top2,
+    search_candidates,
+)
 
 
 def _scores(n1: int, n2: int, seed: int) -> torch.Tensor:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.geometry import Rigid3
 from datasets.synthetic import DEFAULT_CAMERA, generate_scene
 from mapping.pairs import PosePairConfig, frustum_overlap, pairs_from_poses, spread_out
-from vloc.geometry import Rigid3
 
 
 def _walk():

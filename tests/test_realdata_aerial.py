@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from conftest import shared_dataset
 from pyproj import Transformer
 
-from mapping.raster import apply_affine, read_raster, reproject_raster, sample_raster, tile_raster
-from conftest import shared_dataset
+from hdmap.raster import apply_affine, read_raster, reproject_raster, sample_raster, tile_raster
 
 pytestmark = pytest.mark.realdata
 

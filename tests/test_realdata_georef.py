@@ -14,15 +14,15 @@ import math
 import numpy as np
 import pycolmap
 import pytest
+from conftest import shared_dataset
 from typer.testing import CliRunner
 
-from conftest import shared_dataset
+from bundleio import read_manifest, verify_files
+from core.geo import Georeference
+from core.geometry import Rigid3
+from hdmap.geodesy import geodetic_to_enu
 from mapping.build import BuildConfig, build_map
-from mapping.bundle import read_manifest, verify_files
-from mapping.georef import geodetic_to_enu
 from vloc.cli import app
-from vloc.geo import Georeference
-from vloc.geometry import Rigid3
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 runner = CliRunner()

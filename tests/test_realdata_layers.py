@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import open3d as o3d
 import pytest
-
 from conftest import shared_dataset
-from mapping.layers.depth import backproject, load_depth_folder
-from mapping.layers.mesh import TsdfConfig, tsdf_mesh
-from vloc.camera import Camera
+
+from core.camera import Camera
+from hdmap.layers.depth import backproject, load_depth_folder
+from hdmap.layers.mesh import TsdfConfig, tsdf_mesh
 
 #: 7-Scenes depth camera (not registered to RGB); pose.txt is this camera's KinectFusion track.
 DEPTH_CAMERA = Camera.parse("PINHOLE 640 480 585 585 320 240")

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_dataset
+
+from bench.sevenscenes import Bench7ScenesConfig, load_ground_truth, read_rgb
+from core.geometry import pose_error
 from localize import Localizer
-from localize.bench7scenes import Bench7ScenesConfig, load_ground_truth, read_rgb
 from mapping.build import BuildConfig, build_map
-from vloc.geometry import pose_error
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -37,8 +37,8 @@ def test_redkitchen_revisit_queries_95pct_within_5cm_5deg(tmp_path: Path):
 
 
 def test_redkitchen_map_rejects_frames_of_other_places(tmp_path: Path):
+    from core.camera import Camera
     from datasets.sevenscenes import frame_number
-    from vloc.camera import Camera
     root = shared_dataset("7scenes-redkitchen")
     lund = shared_dataset("lund-gps") / "images"
     gt = [r for r in load_ground_truth(root, "sfm") if frame_number(r.name) % 15 == 0]

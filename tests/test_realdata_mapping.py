@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pycolmap
 import pytest
-
 from conftest import shared_dataset
-from mapping.bench import sfm_centre_errors
+
+from bench.mapping import sfm_centre_errors
 from mapping.build import BuildConfig, build_map
 from mapping.reconstruct import reprojection_errors
 

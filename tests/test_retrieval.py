@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mapping.retrieval import InvertedFile
+from vision.retrieval import InvertedFile
 
 
 def clustered_unit_vectors(n: int, dim: int, n_places: int, rng) -> tuple[np.ndarray, np.ndarray]:

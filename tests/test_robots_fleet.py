@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 from typer.testing import CliRunner
 
-from robots.fleet import FleetConfig, OdomNoise, robot_slices, run_fleet, simulate_odometry, summarize_robot, Shot
-from vloc.geometry import Rigid3, pose_error
-
-from conftest import shared_dataset
+from bench.fleet import FleetConfig, OdomNoise, Shot, robot_slices, run_fleet, simulate_odometry, summarize_robot
+from core.geometry import Rigid3, pose_error
 
 
 def _loop(n: int) -> list[Rigid3]:
@@ -61,12 +60,12 @@ def test_slices_and_summary():
 def served_room(tmp_path_factory):
     """A generated room's map served by a LiveServer; robot frames = renders of another pass (JPEG)."""
     from api.app import create_app
-    from api.bench_serve import QueryFrame
+    from api.client import VlocClient
     from api.registry import Registry
     from api.settings import Settings
     from api.testing import LiveServer, encode_image, shared_test_map
+    from bench.serve_config import QueryFrame
     from datasets.synthetic import DEFAULT_CAMERA
-    from vloc.client import VlocClient
 
     tm = shared_test_map()
     poses = tm.scene.trajectory(24, pass_id=1)
@@ -124,7 +123,7 @@ def test_cli_missing_root_is_exit_2(tmp_path):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_fleet_on_redkitchen(tmp_path):
-    from robots.fleet import run_local_fleet
+    from bench.fleet import run_local_fleet
     root = shared_dataset("7scenes-redkitchen")
     res = run_local_fleet(FleetConfig(robots=3, mode="stream", hz=1.0, seconds=8.0), root,
                           workdir=tmp_path / "cache")

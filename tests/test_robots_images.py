@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.types import VlocError
 from robots.images import ImageError, camera_from_camera_info, decode_compressed, decode_image
-from vloc.types import VlocError
 
 H, W = 5, 7
 

@@ -5,12 +5,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from core.camera import Camera
+from core.geometry import Rigid3
 from localize.result import LocalizationResult
 from robots.config import BackendConfig, BridgeConfig
 from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled
 from robots.transforms import OdomBuffer
-from vloc.camera import Camera
-from vloc.geometry import Rigid3
 
 CAMERA = Camera("PINHOLE", 8, 6, (5.0, 5.0, 4.0, 3.0))
 

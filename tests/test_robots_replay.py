@@ -12,11 +12,12 @@ import pytest
 from rosbags.highlevel import AnyReader
 from typer.testing import CliRunner
 
+from core.geometry import Rigid3, pose_error
 from datasets.synthetic import DEFAULT_CAMERA
-from robots.replay import ReplayConfig, replay, ros1_typestore, ros2_typestore
+from robots.bag_io import ros1_typestore, ros2_typestore
+from robots.replay import ReplayConfig, replay
 from robots.transforms import BODY_FROM_OPTICAL, rigid_from_ros, rigid_to_ros, seconds_to_stamp
-from robots.tum import read_tum, write_tum, StampedPose, associate
-from vloc.geometry import Rigid3, pose_error
+from robots.tum import StampedPose, associate, read_tum, write_tum
 
 T0 = 100.0
 DT = 0.5

@@ -5,11 +5,24 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from core.geometry import Rigid3
 from localize.localizer import centre_covariance
-from robots.transforms import (BODY_FROM_OPTICAL, OdomBuffer, base_covariance_jacobian, base_from_optical,
-                               interpolate, map_from_base_from_camera, map_from_odom, rigid_from_ros, rigid_from_rpy,
-                               rigid_to_ros, ros_pose_covariance, ros_tangent, seconds_to_stamp, stamp_to_seconds)
-from vloc.geometry import Rigid3
+from robots.transforms import (
+    BODY_FROM_OPTICAL,
+    OdomBuffer,
+    base_covariance_jacobian,
+    base_from_optical,
+    interpolate,
+    map_from_base_from_camera,
+    map_from_odom,
+    rigid_from_ros,
+    rigid_from_rpy,
+    rigid_to_ros,
+    ros_pose_covariance,
+    ros_tangent,
+    seconds_to_stamp,
+    stamp_to_seconds,
+)
 
 
 def random_rigid(rng: np.random.Generator, scale: float = 3.0) -> Rigid3:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.geometry import Rigid3, pose_error
 from robots.transforms import BODY_FROM_OPTICAL, rigid_from_ros, rigid_to_ros
-from vloc.geometry import Rigid3, pose_error
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_FROM_CAMERA = Rigid3(np.eye(3), [0.1, 0.0, 0.9]) * BODY_FROM_OPTICAL
@@ -28,8 +28,8 @@ N_FRAMES = 3
 
 
 def _rospy_or_skip():
+    from core.types import VlocError
     from robots.ros1.bridge import import_rospy
-    from vloc.types import VlocError
     try:
         import_rospy()
     except VlocError as e:

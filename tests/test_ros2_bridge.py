@@ -20,6 +20,7 @@ from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from api.testing import shared_test_map
+from core.geometry import Rigid3, rotation_angle_deg
 from datasets.synthetic import DEFAULT_CAMERA
 from robots.backend import InProcessBackend, result_from_json
 from robots.config import BackendConfig, BridgeConfig, DdsConfig, ExtrinsicConfig
@@ -27,7 +28,6 @@ from robots.ros2 import msgs
 from robots.ros2.bridge import Ros2Bridge, rigid_from_pose, rigid_from_transform, transform_stamped
 from robots.transforms import rigid_from_rpy, seconds_to_stamp
 from vloc.cli import app
-from vloc.geometry import Rigid3, rotation_angle_deg
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -313,18 +313,18 @@ def test_bridge_compressed_stale_rate_and_missing_odom(tmap, walk):
 
 
 def test_service_backend_localizes_through_a_live_server(tmap, walk, tmp_path):
-    """The bridge's service backend (vloc.client) against a real server on loopback."""
+    """The bridge's service backend (api.client) against a real server on loopback."""
     from api.app import create_app
     from api.settings import Settings
     from api.testing import LiveServer
+    from core.types import VlocError
     from robots.backend import make_backend
-    from vloc.types import VlocError
 
     app_ = create_app(Settings(data_dir=tmp_path / "data", workers=1))
     reg = app_.state.vloc.registry
     admin, robot = reg.create_key("admin")[1], reg.create_key("robot", ["room"])[1]
     with LiveServer(app_) as srv:
-        from vloc.client import VlocClient
+        from api.client import VlocClient
         with VlocClient(srv.url, admin, timeout=120) as c:
             c.register_map_path("room", tmap.bundle)
         os.environ["VLOC_TEST_ROBOT_KEY"] = robot
@@ -382,8 +382,10 @@ def test_cli_config_errors_exit_2(tmap, tmp_path):
 def test_bridge_process_localizes_the_shared_frames_over_dds(tmp_path_factory):
     """The same two processes with the shared redkitchen frames: a map of the revisit map frames,
     the peer publishes revisit query frames (another pass through the kitchen) as rgb8 Images."""
-    from api.bench_serve import ServeBenchConfig, prepare_7scenes
     from conftest import shared_dataset
+
+    from bench.serve_config import ServeBenchConfig
+    from bench.serve_workload import prepare_7scenes
     root = shared_dataset("7scenes-redkitchen")
     tmp = tmp_path_factory.mktemp("ros2-kitchen")
     bundle, frames, _ = prepare_7scenes(root, tmp, ServeBenchConfig())

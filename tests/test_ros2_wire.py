@@ -9,9 +9,9 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 from scipy.spatial.transform import Rotation
 
+from core.geometry import Rigid3
 from robots.ros2 import msgs
 from robots.ros2.bridge import pose_message, rigid_from_pose, rigid_from_transform, transform_stamped
-from vloc.geometry import Rigid3
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 

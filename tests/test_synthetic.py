@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
+from core.camera import Camera
+from core.geometry import Rigid3, rotation_angle_deg
 from datasets.synthetic import DEFAULT_CAMERA, SyntheticScene, generate_scene, write_dataset
-from vloc.camera import Camera
-from vloc.geometry import Rigid3, rotation_angle_deg
 
 SMALL_ROOM = (3.6, 3.2, 2.4)
 

@@ -1,10 +1,10 @@
-"""vloc.threads: kernel thread counts inside a block, and back afterwards."""
+"""core.threads: kernel thread counts inside a block, and back afterwards."""
 from __future__ import annotations
 
 import cv2
 import torch
 
-from vloc.threads import kernel_threads
+from core.threads import kernel_threads
 
 
 def test_kernel_threads_sets_and_restores_both_pools():

@@ -6,12 +6,33 @@ from typing import Optional
 
 import typer
 
-from mapping.cli import app as map_app
-from localize.cli import localize_cmd
 from api.cli import keys_app, serve_cmd
-from vloc.bench_cli import app as bench_app
-from robots.cli import app as robots_app
-from vloc.cli_util import user_errors
+from bench.cli import app as bench_app
+from bench.fleet_cli import fleet_cmd
+from core.cli_util import user_errors
+from hdmap.aerial_cli import fuse_aerial_cmd
+from hdmap.cli import build as map_build_cmd
+from hdmap.georef_cli import georef as georef_cmd
+from hdmap.layers_cli import layers as layers_cmd
+from localize.cli import localize_cmd
+from mapping.cli import info as map_info_cmd
+from robots.cli import replay_cmd, ros1_cmd
+from robots.cli import ros2 as ros2_cmd
+
+# The stages define plain command functions; the shell (this module, the top floor) groups them.
+map_app = typer.Typer(help="Build and inspect map bundles.", no_args_is_help=True)
+map_app.command("build")(map_build_cmd)
+map_app.command("info")(map_info_cmd)
+map_app.command("georef")(georef_cmd)
+map_app.command("fuse-aerial")(fuse_aerial_cmd)
+map_app.command("layers")(layers_cmd)
+
+robots_app = typer.Typer(help="Robot bridges: ROS 2 (DDS), ROS 1, bag replay, fleet simulation.",
+                         no_args_is_help=True)
+robots_app.command("fleet")(fleet_cmd)
+robots_app.command("ros2")(ros2_cmd)
+robots_app.command("replay")(replay_cmd)
+robots_app.command("ros1")(ros1_cmd)
 
 app = typer.Typer(help="vloc: indoor visual localization and HD maps for delivery robots.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,7 +47,7 @@ app.command("serve")(serve_cmd)
 @app.command("version")
 def version() -> None:
     """Print the vloc version."""
-    from vloc import __version__
+    from core import __version__
     print(__version__)
 
 

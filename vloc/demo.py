@@ -4,7 +4,7 @@ summary -> the localization service on loopback -> a simulated robot localizing 
 Service part (:func:`run_service_demo`): a server (``create_app`` in a :class:`api.testing.LiveServer`
 on 127.0.0.1, data dir in the work dir) with an admin key and a robot key granted map ``room``
 (created with the registry, as ``vloc keys create`` does); the admin registers the bundle
-(tar.gz upload by :class:`vloc.client.VlocClient`); the robot then drives another pass through the
+(tar.gz upload by :class:`api.client.VlocClient`); the robot then drives another pass through the
 room and localizes each frame first by REST (stateless, no prior), then over one streaming
 session (the server's motion prior from the previous poses narrows retrieval); errors against the
 renderer's exact poses, latencies = client round trips; the server stops at the end.
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vloc.progress import Reporter
+from core.progress import Reporter
 
 
 def run_demo(workdir: Path | None = None, n_frames: int = 24, seed: int = 0, robot_frames: int = 12) -> dict:
@@ -53,7 +53,7 @@ def run_demo(workdir: Path | None = None, n_frames: int = 24, seed: int = 0, rob
 
 
 def _pose_row(reply: dict, truth, latency_s: float) -> dict:
-    from api.bench_serve import pose_errors
+    from bench.serve_config import pose_errors
     t, r = pose_errors(reply, truth)
     tm = reply.get("timings_ms") or {}
     return {"accepted": bool(reply.get("accepted")), "reason": reply.get("reason"),
@@ -63,7 +63,7 @@ def _pose_row(reply: dict, truth, latency_s: float) -> dict:
 
 
 def _mode_summary(rows: list[dict]) -> dict:
-    from vloc.stats import latency_stats
+    from core.stats import latency_stats
     ok = [r for r in rows if r["accepted"]]
     lat = latency_stats([r["latency_ms"] for r in rows])
     med = (lambda xs: float(statistics.median(xs)) if xs else None)
@@ -79,11 +79,11 @@ def run_service_demo(scene, bundle: Path, workdir: Path, n_frames: int = 12, pas
     """Serve ``bundle`` on loopback and localize ``scene.trajectory(n_frames, pass_id)`` through the
     API, REST then stream (module docstring). Returns per-frame rows and a summary per mode."""
     from api.app import create_app
+    from api.client import VlocClient
     from api.registry import Registry
     from api.settings import Settings
     from api.testing import LiveServer
     from datasets.synthetic import DEFAULT_CAMERA
-    from vloc.client import VlocClient
 
     reporter = reporter or Reporter()
     t_start = time.perf_counter()

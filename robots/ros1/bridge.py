@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from core.geometry import Rigid3
+from core.types import VlocError
 from robots.backend import Backend
 from robots.config import BridgeConfig
 from robots.entry import bridge_main, run_bridge
 from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled
 from robots.transforms import OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
 
 log = logging.getLogger("vloc.robots.ros1")
 

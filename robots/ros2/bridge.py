@@ -28,15 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
+from core.geometry import Rigid3
+from core.types import VlocError
 from robots.backend import Backend
 from robots.config import BridgeConfig
 from robots.entry import bridge_main, run_bridge
 from robots.pipeline import Counters, FramePipeline, PendingFrame, Throttled
 from robots.ros2 import msgs
-from robots.transforms import (OdomBuffer, map_from_odom, rigid_from_ros, rigid_to_ros, seconds_to_stamp,
-                               stamp_to_seconds)
-from vloc.geometry import Rigid3
-from vloc.types import VlocError
+from robots.transforms import (
+    OdomBuffer,
+    map_from_odom,
+    rigid_from_ros,
+    rigid_to_ros,
+    seconds_to_stamp,
+    stamp_to_seconds,
+)
 
 log = logging.getLogger("vloc.robots.ros2")
 
@@ -124,7 +130,7 @@ class Ros2Bridge:
         return self
 
     def _create_entities(self) -> None:
-        from cyclonedds.core import GuardCondition, ReadCondition, SampleState, ViewState, InstanceState, WaitSet
+        from cyclonedds.core import GuardCondition, InstanceState, ReadCondition, SampleState, ViewState, WaitSet
         from cyclonedds.domain import Domain, DomainParticipant
         from cyclonedds.pub import DataWriter
         from cyclonedds.sub import DataReader

@@ -1,0 +1,139 @@
+"""`vloc bench ...`: benchmarks write JSON + print a Markdown table (medians of repeats)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from core.cli_util import user_errors
+
+app = typer.Typer(help="Benchmarks (JSON + Markdown; state machine, data and ground truth).",
+                  no_args_is_help=True)
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@app.command("mapping")
+@user_errors
+def mapping(root: Path = typer.Option(DEFAULT_SHARED, "--root", help="the shared datasets folder"),
+            repeats: int = typer.Option(3, "--repeats", min=1),
+            json_out: Optional[Path] = typer.Option(Path("bench-results/mapping.json"), "--json")) -> None:
+    """Map build time and size (redkitchen) and SfM accuracy (Strecha)."""
+    from bench.mapping import markdown_table, run_mapping_bench
+    res = run_mapping_bench(root, repeats, json_out)
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}")
+
+
+@app.command("hdmap")
+@user_errors
+def hdmap(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root",
+                                    help="7-Scenes redkitchen folder (pgt_sfm_seq01.txt, seq-01/ with depth)"),
+          depth_stride: int = typer.Option(5, "--depth-stride", min=1, help="every N-th depth frame for the mesh"),
+          world: bool = typer.Option(True, "--world/--no-world", help="also the georeference error on the "
+                                                                      "generated world (GPS, GPS + aerial)"),
+          json_out: Optional[Path] = typer.Option(Path("bench-results/hdmap.json"), "--json")) -> None:
+    """HD layers of the redkitchen map: time and memory per stage, LAS / PLY / GeoTIFF / mesh sizes;
+    georeference error on the generated world."""
+    from bench.hdmap import markdown_table, run_layers_bench
+    from core.progress import Reporter
+    res = run_layers_bench(root, json_out, depth_stride=depth_stride, reporter=Reporter(), world=world)
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}")
+
+
+@app.command("7scenes")
+@user_errors
+def sevenscenes(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root",
+                                          help="a 7-Scenes scene folder with pgt_sfm_seq01.txt, "
+                                               "pgt_dslam_seq01.txt and seq-01/"),
+                json_out: Optional[Path] = typer.Option(Path("bench-results/7scenes.json"), "--json",
+                                                        help="JSON output; the error CDF goes next to it "
+                                                             "(<stem>_cdf.png)"),
+                repeats: int = typer.Option(1, "--repeats", min=1,
+                                            help="query loops per run; latency = median over them")) -> None:
+    """Localization on a 7-Scenes scene: revisit + dense protocols x {pgt_sfm, pgt_dslam}, degradations."""
+    from bench.sevenscenes import cdf_path, markdown_table, run_7scenes_bench
+    from core.progress import Reporter
+    res = run_7scenes_bench(root, json_out, repeats, reporter=Reporter())
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}\nCDF: {cdf_path(json_out)}")
+
+
+@app.command("scale")
+@user_errors
+def scale(sizes: str = typer.Option("100,1000,5000", "--sizes", help="map sizes in images, comma-separated"),
+          queries: int = typer.Option(30, "--queries", min=1, help="query frames per size"),
+          workdir: Path = typer.Option(Path("bench-results/scale-cache"), "--workdir",
+                                       help="cache of rendered rooms and built maps (reruns skip them)"),
+          json_out: Optional[Path] = typer.Option(Path("bench-results/scale.json"), "--json"),
+          width: int = typer.Option(640, "--width", min=64), height: int = typer.Option(480, "--height", min=48),
+          frames_per_room: int = typer.Option(25, "--frames-per-room", min=4),
+          map_keypoints: Optional[int] = typer.Option(None, "--map-keypoints", min=100,
+                                                      help="SIFT keypoints per map image (default: the build's)"),
+          force: bool = typer.Option(False, "--force", help="build even when the memory estimate says it "
+                                                            "will not fit")) -> None:
+    """Query latency, load time, memory and accuracy vs map size on a generated building of rooms."""
+    from bench.scale import ScaleConfig, markdown_table, run_scale_bench
+    from core.progress import Reporter
+    from core.types import VlocError
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise VlocError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    cfg = ScaleConfig(width=width, height=height, frames_per_room=frames_per_room, map_keypoints=map_keypoints)
+    res = run_scale_bench(size_list, queries, workdir, json_out, cfg, reporter=Reporter(), force=force)
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}")
+
+
+@app.command("sweep")
+@user_errors
+def sweep(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root", help="7-Scenes layout folder"),
+          repeats: int = typer.Option(3, "--repeats", min=1),
+          json_out: Optional[Path] = typer.Option(Path("bench-results/sweep.json"), "--json")) -> None:
+    """Accuracy vs latency over working resolution, keypoint budget and k (revisit, pgt_sfm)."""
+    from bench.sweep import markdown_table, run_sweep
+    print(markdown_table(run_sweep(root, repeats=repeats, out_json=json_out)))
+
+
+@app.command("serve")
+@user_errors
+def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root",
+                                    help="7-Scenes-layout folder (pgt_sfm_seq01.txt, seq-01/); not used with --maps"),
+          robots: int = typer.Option(20, "--robots", min=1, max=1000, help="concurrent simulated robots"),
+          hz: float = typer.Option(2.0, "--hz", min=0.01, max=60, help="frames per second per robot"),
+          seconds: float = typer.Option(30.0, "--seconds", min=0.5, max=3600, help="length of the send window"),
+          stream: bool = typer.Option(False, "--stream", help="WebSocket sessions (motion priors) instead of REST"),
+          maps: int = typer.Option(0, "--maps", min=0, max=1000,
+                                   help="M >= 1: robots spread over M copies of one generated map (cache path)"),
+          cache_mb: Optional[float] = typer.Option(None, "--cache-mb", min=0,
+                                                   help="server map-cache budget, MB (default: the server's)"),
+          workers: int = typer.Option(2, "--workers", min=1, help="server localization threads"),
+          max_age: Optional[float] = typer.Option(None, "--max-age", min=0.01,
+                                                  help="server max frame age, s (stale frames are dropped)"),
+          max_pending: Optional[int] = typer.Option(None, "--max-pending", min=1,
+                                                    help="server's waiting frames per stream session"),
+          max_wait: Optional[float] = typer.Option(
+              None, "--max-wait", min=0, help="longest wait for a worker, s: the server's max_queue_wait_s for "
+                                              "streams; REST robots send it as meta.max_wait_ms (0: no limit)"),
+          track: bool = typer.Option(False, "--track", help="REST robots ask for server-side tracking"),
+          workdir: Path = typer.Option(Path("bench-results/serve-cache"), "--workdir",
+                                       help="cache of built maps and rendered frames (reruns skip them)"),
+          json_out: Optional[Path] = typer.Option(Path("bench-results/serve.json"), "--json")) -> None:
+    """Load test over loopback: N robots x R Hz x S s against one `vloc serve` (REST or --stream)."""
+    from bench.serve import markdown_table, run_serve_bench
+    from bench.serve_config import ServeBenchConfig
+    from core.progress import Reporter
+    cfg = ServeBenchConfig(robots=robots, hz=hz, seconds=seconds, stream=stream, maps=maps, cache_mb=cache_mb,
+                           workers=workers, max_age_s=max_age, max_pending=max_pending,
+                           max_wait_s=max_wait, track=track)
+    res = run_serve_bench(cfg, None if maps else root, workdir, json_out, reporter=Reporter())
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}")

@@ -1,0 +1,101 @@
+"""features.h5: the flat observation table (descriptors and 3D point ids, image by image).
+See :mod:`bundleio` for the shapes."""
+from __future__ import annotations
+
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray],
+                      point3d_ids: list[np.ndarray], points_id: np.ndarray, points_xyz: np.ndarray,
+                      image_centres: np.ndarray) -> None:
+    """Write the flat observation arrays (see module docstring). Lists are per image, same order as names."""
+    offsets = np.zeros(len(names) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(d) for d in descriptors])
+    desc = np.concatenate(descriptors) if descriptors else np.zeros((0, 128), np.uint8)
+    ids = np.concatenate(point3d_ids) if point3d_ids else np.zeros(0, np.int64)
+    if len(ids) and ids.max() >= 2 ** 31:
+        raise ValueError("3D point ids beyond int32")
+    with h5py.File(path, "w") as f:
+        f.attrs["layout"] = "flat-observations-v1"
+        write_compressed(f, "descriptors", desc)
+        f.create_dataset("point3D_ids", data=ids.astype(np.int32))
+        f.create_dataset("image_offsets", data=offsets)
+        f.create_dataset("image_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        order = np.argsort(points_id)
+        f.create_dataset("points3D_id", data=np.asarray(points_id)[order].astype(np.int32))
+        f.create_dataset("points3D_xyz", data=np.asarray(points_xyz, np.float64)[order])
+        f.create_dataset("image_centres", data=np.asarray(image_centres, np.float64).reshape(-1, 3))
+
+
+#: gzip level and rows per chunk of the descriptor table.
+DESCRIPTOR_GZIP_LEVEL = 4
+DESCRIPTOR_CHUNK_ROWS = 8192
+
+
+def write_compressed(f: h5py.File, name: str, data: np.ndarray, chunk_rows: int = DESCRIPTOR_CHUNK_ROWS,
+                     level: int = DESCRIPTOR_GZIP_LEVEL, workers: int = max(1, os.cpu_count() or 1)) -> None:
+    """A chunked, gzip-compressed (N, D) dataset; any reader decompresses it as usual.
+
+    uint8 tables are deflated chunk by chunk on ``workers`` threads (zlib releases the GIL; HDF5's
+    own filter runs on one core) and stored with ``write_direct_chunk``: the same bytes HDF5's
+    deflate filter writes. Shuffle is left out there: it does nothing to one-byte elements.
+    Other dtypes (float descriptors) go through HDF5's gzip + shuffle filters.
+    """
+    if len(data) == 0:  # HDF5 cannot chunk an empty dataset
+        f.create_dataset(name, data=data)
+        return
+    rows = min(len(data), chunk_rows)
+    if data.dtype != np.uint8 or len(data) <= rows:
+        f.create_dataset(name, data=data, compression="gzip", compression_opts=level, shuffle=data.dtype != np.uint8,
+                         chunks=(rows, data.shape[1]))
+        return
+    ds = f.create_dataset(name, shape=data.shape, dtype=data.dtype, chunks=(rows, data.shape[1]),
+                          compression="gzip", compression_opts=level)
+    starts = range(0, len(data), rows)
+
+    def deflate(start: int) -> bytes:
+        chunk = data[start:start + rows]
+        if len(chunk) < rows:  # HDF5 stores edge chunks at full size
+            chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), data.shape[1]), data.dtype)])
+        return zlib.compress(np.ascontiguousarray(chunk).tobytes(), level)
+
+    with ThreadPoolExecutor(workers) as ex:
+        for start, blob in zip(starts, ex.map(deflate, starts)):
+            ds.id.write_direct_chunk((start, 0), blob)
+
+
+@dataclass
+class FeatureTable:
+    """The bundle's observation table, loaded into memory (see module docstring for shapes)."""
+
+    descriptors: np.ndarray
+    point3d_ids: np.ndarray
+    image_offsets: np.ndarray
+    image_names: list[str]
+    points_id: np.ndarray | None = None
+    points_xyz: np.ndarray | None = None
+    image_centres: np.ndarray | None = None
+
+    def rows(self, image_index: int) -> slice:
+        return slice(int(self.image_offsets[image_index]), int(self.image_offsets[image_index + 1]))
+
+
+def read_features_h5(path: Path, descriptors: bool = True) -> FeatureTable:
+    """The whole table; ``descriptors=False`` leaves them out (an empty (0, D) array) for callers
+    that memory-map them from elsewhere."""
+    with h5py.File(path, "r") as f:
+        extra = {k: f[name][()] for k, name in (("points_id", "points3D_id"), ("points_xyz", "points3D_xyz"),
+                                                 ("image_centres", "image_centres")) if name in f}
+        d = f["descriptors"]
+        return FeatureTable(d[()] if descriptors else np.zeros((0, d.shape[1]), d.dtype),
+                            f["point3D_ids"][()].astype(np.int64),
+                            f["image_offsets"][()], [n.decode() if isinstance(n, bytes) else str(n)
+                                                     for n in f["image_names"][()]], **extra)
+
