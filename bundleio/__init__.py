@@ -23,6 +23,7 @@ Writes go to a hidden sibling temp directory that is renamed into place, so a
 reader sees either the old bundle or the new one, never a half-written one.
 """
 from bundleio.atomic import atomic_directory, update_bundle
+from bundleio.feature_sets import FeatureSet, canonical_name, feature_sets, resolve_feature_set
 from bundleio.features_h5 import FeatureTable, read_features_h5, write_compressed, write_features_h5
 from bundleio.manifest import (
                                CONVENTIONS,
@@ -38,7 +39,7 @@ from bundleio.manifest import (
                                write_manifest,
 )
 
-__all__ = ["CONVENTIONS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "FeatureTable", "atomic_directory",
+__all__ = ["FeatureSet", "canonical_name", "feature_sets", "resolve_feature_set", "CONVENTIONS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "FeatureTable", "atomic_directory",
            "dir_size", "read_features_h5", "read_manifest", "record_pending_stage", "recording_stage",
            "sha256_file", "update_bundle", "verify_files", "write_compressed", "write_features_h5",
            "write_manifest"]

@@ -1,5 +1,8 @@
 """features.h5: the flat observation table (descriptors and 3D point ids, image by image).
-See :mod:`bundleio` for the shapes."""
+See :mod:`bundleio` for the shapes. Learned feature sets also store each observation's keypoint
+(``keypoints (T, 2) float32``, COLMAP pixels) and each image's size (``image_sizes (N, 2)`` width,
+height), which LightGlue needs to match a query against map images; SIFT sets leave them out
+(their pixels are in ``model/``)."""
 from __future__ import annotations
 
 import os
@@ -14,8 +17,10 @@ import numpy as np
 
 def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray],
                       point3d_ids: list[np.ndarray], points_id: np.ndarray, points_xyz: np.ndarray,
-                      image_centres: np.ndarray) -> None:
-    """Write the flat observation arrays (see module docstring). Lists are per image, same order as names."""
+                      image_centres: np.ndarray, keypoints: list[np.ndarray] | None = None,
+                      image_sizes: np.ndarray | None = None) -> None:
+    """Write the flat observation arrays (see module docstring). Lists are per image, same order as names;
+    ``keypoints`` (per image (n, 2)) and ``image_sizes`` ((N, 2) width, height) are optional."""
     offsets = np.zeros(len(names) + 1, np.int64)
     offsets[1:] = np.cumsum([len(d) for d in descriptors])
     desc = np.concatenate(descriptors) if descriptors else np.zeros((0, 128), np.uint8)
@@ -32,6 +37,13 @@ def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray
         f.create_dataset("points3D_id", data=np.asarray(points_id)[order].astype(np.int32))
         f.create_dataset("points3D_xyz", data=np.asarray(points_xyz, np.float64)[order])
         f.create_dataset("image_centres", data=np.asarray(image_centres, np.float64).reshape(-1, 3))
+        if keypoints is not None:
+            kp = np.concatenate(keypoints) if keypoints else np.zeros((0, 2), np.float32)
+            if len(kp) != len(ids):
+                raise ValueError(f"{len(kp)} keypoints for {len(ids)} observations")
+            f.create_dataset("keypoints", data=kp.astype(np.float32))
+        if image_sizes is not None:
+            f.create_dataset("image_sizes", data=np.asarray(image_sizes, np.int32).reshape(-1, 2))
 
 
 #: gzip level and rows per chunk of the descriptor table.
@@ -82,6 +94,8 @@ class FeatureTable:
     points_id: np.ndarray | None = None
     points_xyz: np.ndarray | None = None
     image_centres: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
+    image_sizes: np.ndarray | None = None
 
     def rows(self, image_index: int) -> slice:
         return slice(int(self.image_offsets[image_index]), int(self.image_offsets[image_index + 1]))
@@ -92,7 +106,9 @@ def read_features_h5(path: Path, descriptors: bool = True) -> FeatureTable:
     that memory-map them from elsewhere."""
     with h5py.File(path, "r") as f:
         extra = {k: f[name][()] for k, name in (("points_id", "points3D_id"), ("points_xyz", "points3D_xyz"),
-                                                 ("image_centres", "image_centres")) if name in f}
+                                                 ("image_centres", "image_centres"),
+                                                 ("keypoints", "keypoints"), ("image_sizes", "image_sizes"))
+                 if name in f}
         d = f["descriptors"]
         return FeatureTable(d[()] if descriptors else np.zeros((0, d.shape[1]), d.dtype),
                             f["point3D_ids"][()].astype(np.int64),

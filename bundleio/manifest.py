@@ -9,10 +9,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
+from bundleio.feature_sets import feature_sets, root_is_legacy
 from core.types import VlocError
 
 FORMAT_NAME = "vloc-map-bundle"
-FORMAT_VERSION = 1
+#: the newest format this code reads and writes. Version 2 bundles have a learned feature set at
+#: their root (readers before it would take its descriptors for SIFT); bundles whose root set is
+#: SIFT are written as version 1, whatever other feature sets they carry under features/.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 CONVENTIONS = {
@@ -66,7 +70,8 @@ def write_manifest(root: Path, manifest: dict) -> None:
     for p in sorted(Path(root).rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             files[p.relative_to(root).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "files": files}
+    version = 1 if root_is_legacy(feature_sets(manifest)) else FORMAT_VERSION
+    manifest = {"format": FORMAT_NAME, "format_version": version, **manifest, "files": files}
     (Path(root) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 

@@ -26,7 +26,11 @@ def build(
     camera: Optional[str] = typer.Option(None, "--camera", help='"MODEL W H PARAMS..." for all images'),
     sfm: SfmMethod = typer.Option(SfmMethod.auto, "--sfm", help="SfM method without poses (auto: incremental, "
                                  "and global too when incremental registers < 80 % of the images)"),
-    max_keypoints: int = typer.Option(4000, "--max-keypoints"),
+    max_keypoints: Optional[int] = typer.Option(None, "--max-keypoints", help="keypoints per image (default: "
+                                                "SIFT 4000, learned 2048)"),
+    features: str = typer.Option("sift", "--features", help="local features: sift | aliked (= aliked-n16) | "
+                                 "aliked-n32 | aliked-t16 | disk; learned pairs are matched by LightGlue"),
+    device: str = typer.Option("auto", "--device", help="learned features: auto | cpu | cuda"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest statistics as JSON"),
 ) -> None:
@@ -40,4 +44,4 @@ def build(
         print(json.dumps({"bundle": str(cfg_job.out), "stages": done}) if as_json else
               f"map job done: {cfg_job.out} (" + ", ".join(f"{k} {v}" for k, v in done.items()) + ")")
         return
-    build_from_images(images, out, poses, poses_format, camera, sfm, max_keypoints, quiet, as_json)
+    build_from_images(images, out, poses, poses_format, camera, sfm, max_keypoints, quiet, as_json, features, device)

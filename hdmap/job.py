@@ -47,7 +47,11 @@ class BuildSection(_Section):
     poses_format: Optional[Literal["7scenes", "pgt", "colmap", "kapture"]] = None
     camera: Optional[str] = None
     sfm: Literal["auto", "incremental", "global"] = "auto"
-    max_keypoints: int = 4000
+    #: keypoints per image (None: the feature type's default, SIFT 4000, learned 2048).
+    max_keypoints: Optional[int] = None
+    #: sift | aliked (= aliked-n16) | aliked-n32 | aliked-t16 | disk.
+    features: str = "sift"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class GeorefSection(_Section):
@@ -193,14 +197,11 @@ def _resolved(root: Path, records):
 
 
 def _run_build(cfg: BatchConfig, reporter: Reporter) -> None:
-    from dataclasses import replace
-
-    from mapping.build import BuildConfig, build_map
+    from mapping.build import build_map
+    from mapping.cli import build_config
 
     b = cfg.build
-    bc = BuildConfig()
-    bc = replace(bc, features=replace(bc.features, max_keypoints=b.max_keypoints),
-                 reconstruction=replace(bc.reconstruction, sfm_method=b.sfm))
+    bc = build_config(b.features, b.max_keypoints, b.device, b.sfm)
     build_map(b.images, _records(b), cfg.out, bc, pose_file=b.poses, pose_format=b.poses_format,
               reporter=reporter, work_dir=cfg.work / "build")
 

@@ -1,16 +1,11 @@
 """`vloc map build`: images (+ poses) -> map bundle. One entry function, configs as data."""
 from __future__ import annotations
 
-import os
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pycolmap
@@ -19,53 +14,23 @@ import bundleio as bundle_io
 from core import __version__
 from core.camera import Camera
 from core.geometry import Rigid3
-from core.imageio import read_image
 from core.progress import QUIET, Reporter
-from core.threads import kernel_threads
 from core.types import ImageRecord, VlocError
-from mapping.pairs import PosePairConfig, pairs_exhaustive, pairs_from_poses, pairs_from_similarity
+from mapping.config import BuildConfig
+from mapping.extract import extract_all, feature_key
+from mapping.match import lightglue_features, match_pairs
+from mapping.pairs import pairs_exhaustive, pairs_from_poses, pairs_from_similarity
 from mapping.reconstruct import (
-    ReconstructionConfig,
     filter_points,
     observation_errors,
     structure_from_motion,
     triangulate_known_poses,
 )
-from mapping.stage_cache import StageCache, content_key
-from vision.features import Features, SiftConfig, make_backend
-from vision.matching import (
-    MatchConfig,
-    VerifiedPair,
-    match_descriptors,
-    match_sift_int8,
-    normalise_descriptors,
-    sift_int8,
-    verify_unknown_pose,
-    verify_with_poses,
-)
-from vision.retrieval import RetrievalConfig, RetrievalIndex
-
-#: memory for the per-image int8 RootSIFT kept during pair matching.
-INT8_CACHE_BYTES = 256 << 20
+from mapping.stage_cache import StageCache
+from vision.features import Features
+from vision.retrieval import RetrievalIndex
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything that defines a map build (recorded in the manifest)."""
-
-    features: SiftConfig = field(default_factory=SiftConfig)
-    pairs: PosePairConfig = field(default_factory=PosePairConfig)
-    matching: MatchConfig = field(default_factory=MatchConfig)
-    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    #: unposed maps up to this many images are matched exhaustively, larger ones by retrieval.
-    exhaustive_max_images: int = 40
-    #: unposed: partners per image from retrieval, and sequential neighbours.
-    retrieval_pairs_k: int = 15
-    sequential_window: int = 3
-    workers: int = max(1, os.cpu_count() or 1)
 
 
 def resolve_images(root: Path, records: list[ImageRecord], reporter: Reporter = QUIET) -> list[ImageRecord]:
@@ -105,98 +70,6 @@ def list_images(root: Path) -> list[str]:
         raise VlocError(f"image root {root} is not a directory")
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and p.suffix in IMAGE_EXTS and not p.name.startswith("."))
-
-
-@contextmanager
-def worker_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """A pool of ``workers`` threads whose OpenCV / torch kernels run single-threaded meanwhile
-    (the workers already fill the cores; see :func:`core.threads.kernel_threads`)."""
-    with kernel_threads(1) if workers > 1 else nullcontext(), ThreadPoolExecutor(workers) as ex:
-        yield ex
-
-
-def _feature_key(r: ImageRecord, image_sha: str, cfg: BuildConfig) -> str:
-    return content_key("features", image_sha, str(r.camera), asdict(cfg.features))
-
-
-def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
-                cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> list[Features]:
-    """Features of every record (from ``cache`` when an identical image was done before)."""
-    # OpenCV releases the GIL; one backend per thread keeps detector state separate.
-    local = threading.local()
-
-    def one(r: ImageRecord) -> Features:
-        key = _feature_key(r, image_sha[r.name], cfg) if cache is not None else None
-        if key is not None and (hit := cache.get("features", key)) is not None:
-            return Features(hit["keypoints"], hit["scales"], hit["orientations"], hit["descriptors"])
-        if not hasattr(local, "backend"):
-            local.backend = make_backend("sift", **asdict(cfg.features))
-        f = local.backend.extract(read_image(Path(root) / r.name, r.camera, gray=True))
-        if key is not None:
-            cache.put("features", key, keypoints=f.keypoints, scales=f.scales, orientations=f.orientations,
-                      descriptors=f.descriptors)
-        return f
-
-    with worker_pool(cfg.workers) as ex:
-        feats = list(reporter.track(ex.map(one, records), "features", total=len(records)))
-    empty = [r.name for r, f in zip(records, feats) if len(f) < 20]
-    if len(empty) == len(records):
-        raise VlocError("no image has usable local features (blank or unreadable images?)")
-    return feats
-
-
-def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[tuple[int, int]],
-                posed: bool, cfg: BuildConfig, reporter: Reporter, cache: StageCache | None = None,
-                feature_keys: list[str] | None = None) -> dict[tuple[int, int], VerifiedPair]:
-    """Verified matches of each pair (from ``cache`` when the same pair was verified before)."""
-    mc = cfg.matching
-
-    def one(pair: tuple[int, int]):
-        key = None
-        if cache is not None:
-            i, j = pair
-            poses = [None if r.cam_from_world is None else r.cam_from_world.matrix3x4().tolist()
-                     for r in (records[i], records[j])]
-            key = content_key("matches", feature_keys[i], feature_keys[j], posed, poses, asdict(mc))
-            if (hit := cache.get("matches", key)) is not None:
-                if len(hit["matches"]) == 0:
-                    return pair, None
-                return pair, VerifiedPair(hit["matches"], Rigid3(hit["rotation"], hit["translation"]), hit["E"])
-        pair, vp = _match_one(pair)
-        if key is not None:
-            if vp is None:
-                cache.put("matches", key, matches=np.zeros((0, 2), np.int64))
-            else:
-                cache.put("matches", key, matches=vp.matches, rotation=vp.cam2_from_cam1.rotation,
-                          translation=vp.cam2_from_cam1.translation, E=vp.E)
-        return pair, vp
-
-    # int8 RootSIFT once per image (128 bytes per keypoint, kept for the most recent images within
-    # the budget) rather than per pair; exact scores come from the uint8 rows that need them.
-    per_image = 128 * max(1, int(np.mean([len(f) for f in feats]))) if feats else 1
-    int8_of = lru_cache(maxsize=max(2, INT8_CACHE_BYTES // per_image))(lambda i: sift_int8(feats[i].descriptors))
-
-    def _match_one(pair: tuple[int, int]):
-        i, j = pair
-        d1, d2 = feats[i].descriptors, feats[j].descriptors
-        if d1.dtype == np.uint8 and d2.dtype == np.uint8:  # SIFT
-            m = match_sift_int8(int8_of(i), int8_of(j), d1, d2, mc.ratio, mc.mutual)
-        else:  # learned float descriptors
-            m = match_descriptors(normalise_descriptors(d1), normalise_descriptors(d2), mc.ratio, mc.mutual)
-        if len(m) < mc.min_inliers:
-            return pair, None
-        a, b = records[i], records[j]
-        if posed:
-            vp = verify_with_poses(feats[i].keypoints, feats[j].keypoints, m, a.camera, b.camera,
-                                   a.cam_from_world, b.cam_from_world, mc.max_epipolar_error_px)
-        else:
-            vp = verify_unknown_pose(feats[i].keypoints, feats[j].keypoints, m, a.camera, b.camera,
-                                     mc.max_epipolar_error_px, mc.ransac_confidence)
-        return pair, (vp if vp is not None and len(vp.matches) >= mc.min_inliers else None)
-
-    with worker_pool(cfg.workers) as ex:
-        results = list(reporter.track(ex.map(one, pairs), "matching", total=len(pairs)))
-    return {p: vp for p, vp in results if vp is not None}
 
 
 def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feats: list[Features]):
@@ -254,31 +127,34 @@ def source_checksums(root: Path, records: list[ImageRecord], pose_file: Path | N
     return out
 
 
-def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: BuildConfig = BuildConfig(),
-              pose_file: Path | None = None, pose_format: str | None = None,
-              reporter: Reporter = QUIET, work_dir: Path | None = None) -> dict:
-    """Build a bundle at ``out`` from records (all posed, or all unposed). Returns the manifest.
+@dataclass
+class FeatureSetModel:
+    """One feature set reconstructed: the compact model and its observation table, in image order.
 
-    ``work_dir``: a :class:`~mapping.stage_cache.StageCache` directory; an interrupted build
-    rerun with the same work_dir skips the images and pairs it had finished.
+    keypoints / descriptors / point3d_ids: per registered image, the 2D points that observe a 3D
+    point (keypoints (n, 2) float32 COLMAP pixels). sizes: (N, 2) width, height of each image.
     """
-    t0 = time.perf_counter()
-    records = resolve_images(images_root, records, reporter)
-    if len(records) < 2:
-        raise VlocError(f"a map needs at least 2 images, got {len(records)}")
-    if any(r.camera is None for r in records):
-        raise VlocError("some images have no camera: pass --camera 'MODEL W H PARAMS...'")
-    posed_flags = {r.cam_from_world is not None for r in records}
-    if len(posed_flags) > 1:
-        raise VlocError("some images have poses and some do not: give poses for all or none")
-    posed = posed_flags == {True}
-    timings = {}
 
-    sources = source_checksums(images_root, records, pose_file)
-    cache = StageCache(work_dir) if work_dir is not None else None
+    model: pycolmap.Reconstruction
+    names: list[str]
+    keypoints: list[np.ndarray]
+    descriptors: list[np.ndarray]
+    point3d_ids: list[np.ndarray]
+    sizes: np.ndarray
+    index: RetrievalIndex
+    stats: dict
+    timings: dict = field(default_factory=dict)
+
+
+def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter = QUIET,
+                    cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> FeatureSetModel:
+    """Features -> pairs -> verified matches -> model (triangulated with the records' poses, or SfM
+    when they have none) -> compact model + retrieval index of the registered images."""
+    posed = all(r.cam_from_world is not None for r in records)
+    timings: dict[str, float] = {}
     t = time.perf_counter()
-    feats = extract_all(images_root, records, cfg, reporter, cache, sources["images"])
-    fkeys = [_feature_key(r, sources["images"][r.name], cfg) for r in records] if cache is not None else None
+    feats = extract_all(images_root, records, cfg, reporter, cache, image_sha)
+    fkeys = [feature_key(r, image_sha[r.name], cfg) for r in records] if cache is not None else None
     timings["features_s"] = time.perf_counter() - t
 
     def build_index() -> RetrievalIndex:
@@ -339,18 +215,70 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     order = {n: k for k, n in enumerate(index.names)}
     index = RetrievalIndex(index.centroids, index.descriptors[[order[n] for n in names]], names) \
         if len(keep) != len(index.names) or names != index.names else index
+    cam_of = {r.name: r.camera for r in records}
+    sizes = np.array([[cam_of[n].width, cam_of[n].height] for n in names], np.int32).reshape(-1, 2)
+    return FeatureSetModel(compact, names, kps, descs, pids, sizes, index, stats, timings)
+
+
+def write_set(folder: Path, s: FeatureSetModel, with_keypoints: bool) -> None:
+    """``model/``, ``features.h5`` and ``retrieval.npz`` of one feature set into ``folder``
+    (a directory inside a bundle being written atomically). ``with_keypoints``: also store each
+    observation's keypoint and the image sizes (learned sets, for LightGlue at query time)."""
+    (folder / "model").mkdir(parents=True)
+    s.model.write_binary(str(folder / "model"))
+    point_ids = np.array(list(s.model.points3D.keys()), np.int64)
+    point_xyz = np.array([s.model.points3D[int(i)].xyz for i in point_ids]).reshape(-1, 3)
+    centres = np.array([Rigid3.from_pycolmap(s.model.find_image_with_name(n).cam_from_world()).centre
+                        for n in s.names]).reshape(-1, 3)
+    bundle_io.write_features_h5(folder / "features.h5", s.names, s.descriptors, s.point3d_ids, point_ids, point_xyz,
+                                centres, keypoints=s.keypoints if with_keypoints else None,
+                                image_sizes=s.sizes if with_keypoints else None)
+    s.index.save(folder / "retrieval.npz")
+
+
+def feature_set_entry(cfg: BuildConfig, path: str, s: FeatureSetModel) -> dict:
+    """The manifest's ``feature_sets[name]`` entry for a set built with ``cfg`` at ``path``."""
+    if not cfg.learned_features:
+        entry = {"type": "sift-opencv", "descriptor": "sift-uint8", "dim": 128, "matcher": "nn",
+                 "config": asdict(cfg.features)}
+    else:
+        dim = int(s.descriptors[0].shape[1]) if s.descriptors else 0
+        entry = {"type": cfg.feature_type, "descriptor": "float32", "dim": dim,
+                 "matcher": f"lightglue-{lightglue_features(cfg.feature_type)}" if cfg.learned.matcher == "lightglue"
+                 else "nn", "config": cfg.feature_config()}
+    return {"path": path, **entry, "statistics": {k: s.stats[k] for k in ("n_images", "n_points3D", "n_observations")}}
+
+
+def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: BuildConfig = BuildConfig(),
+              pose_file: Path | None = None, pose_format: str | None = None,
+              reporter: Reporter = QUIET, work_dir: Path | None = None) -> dict:
+    """Build a bundle at ``out`` from records (all posed, or all unposed). Returns the manifest.
+
+    ``work_dir``: a :class:`~mapping.stage_cache.StageCache` directory; an interrupted build
+    rerun with the same work_dir skips the images and pairs it had finished.
+    """
+    t0 = time.perf_counter()
+    records = resolve_images(images_root, records, reporter)
+    if len(records) < 2:
+        raise VlocError(f"a map needs at least 2 images, got {len(records)}")
+    if any(r.camera is None for r in records):
+        raise VlocError("some images have no camera: pass --camera 'MODEL W H PARAMS...'")
+    posed_flags = {r.cam_from_world is not None for r in records}
+    if len(posed_flags) > 1:
+        raise VlocError("some images have poses and some do not: give poses for all or none")
+    posed = posed_flags == {True}
+    cfg = replace(cfg, feature_type=bundle_io.canonical_name(cfg.feature_type))
+
+    sources = source_checksums(images_root, records, pose_file)
+    cache = StageCache(work_dir) if work_dir is not None else None
+    s = reconstruct_set(images_root, records, cfg, reporter, cache, sources["images"])
+    stats = s.stats
+    set_entry = feature_set_entry(cfg, ".", s)
 
     with bundle_io.atomic_directory(out) as tmp:
-        (tmp / "model").mkdir()
-        compact.write_binary(str(tmp / "model"))
-        point_ids = np.array(list(compact.points3D.keys()), np.int64)
-        point_xyz = np.array([compact.points3D[int(i)].xyz for i in point_ids]).reshape(-1, 3)
-        centres = np.array([Rigid3.from_pycolmap(compact.find_image_with_name(n).cam_from_world()).centre
-                            for n in names])
-        bundle_io.write_features_h5(tmp / "features.h5", names, descs, pids, point_ids, point_xyz, centres)
-        index.save(tmp / "retrieval.npz")
+        write_set(tmp, s, with_keypoints=cfg.learned_features)
         stats["build_seconds"] = time.perf_counter() - t0
-        stats["timings"] = timings
+        stats["timings"] = s.timings
         manifest = {
             "vloc_version": __version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -359,17 +287,18 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
                             {"kind": "sfm", "metric": False,
                              "note": "arbitrary similarity frame until georeferenced"}),
             "cameras": [{"camera_id": int(cid), **Camera.from_pycolmap(c).__dict__}
-                        for cid, c in compact.cameras.items()],
-            "features": {"type": "sift-opencv", "descriptor": "sift-uint8", "dim": 128,
-                         "config": asdict(cfg.features)},
+                        for cid, c in s.model.cameras.items()],
+            "features": {k: set_entry[k] for k in ("type", "descriptor", "dim", "config")},
+            "feature_sets": {cfg.feature_type: set_entry},
             "mapping": {"posed": posed, "config": _jsonable(asdict(cfg))},
-            "retrieval": {"type": "vlad", "n_clusters": int(len(index.centroids)), "dim": int(index.descriptors.shape[1])},
+            "retrieval": {"type": "vlad", "n_clusters": int(len(s.index.centroids)),
+                          "dim": int(s.index.descriptors.shape[1])},
             "statistics": stats,
             "sources": sources,
         }
         bundle_io.record_pending_stage(manifest, "build")
         stats["bytes_on_disk"] = bundle_io.dir_size(tmp)
-        stats["bytes_per_image"] = stats["bytes_on_disk"] / max(1, len(names))
+        stats["bytes_per_image"] = stats["bytes_on_disk"] / max(1, len(s.names))
         bundle_io.write_manifest(tmp, manifest)
     return bundle_io.read_manifest(out)
 

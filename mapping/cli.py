@@ -58,9 +58,29 @@ def load_records(images: Path, poses: Optional[Path], poses_format: Optional[Pos
     return records
 
 
+def build_config(features: str = "sift", max_keypoints: Optional[int] = None, device: str = "auto",
+                 sfm: str = "auto") -> BuildConfig:
+    """A BuildConfig from the CLI's choices (None keypoints: the feature type's default)."""
+    from dataclasses import replace
+
+    from bundleio import canonical_name
+    ftype = canonical_name(features)
+    if device not in ("auto", "cpu", "cuda"):
+        raise VlocError(f"--device must be auto, cpu or cuda, got {device!r}")
+    cfg = BuildConfig(feature_type=ftype)
+    if max_keypoints is not None:
+        if max_keypoints < 1:
+            raise VlocError("--max-keypoints must be at least 1")
+        cfg = replace(cfg, features=replace(cfg.features, max_keypoints=max_keypoints),
+                      learned=replace(cfg.learned, max_keypoints=max_keypoints))
+    return replace(cfg, learned=replace(cfg.learned, device=device),
+                   reconstruction=replace(cfg.reconstruction, sfm_method=sfm))
+
+
 def build_from_images(images: Optional[Path], out: Optional[Path], poses: Optional[Path],
                       poses_format: Optional[PoseFormat], camera: Optional[str], sfm: SfmMethod,
-                      max_keypoints: int, quiet: bool, as_json: bool) -> None:
+                      max_keypoints: Optional[int], quiet: bool, as_json: bool, features: str = "sift",
+                      device: str = "auto") -> None:
     """`vloc map build` from flags (posed images, or SfM from unposed ones): build, then report."""
     if images is None or out is None:
         raise VlocError("give --images and --out (or --config FILE)")
@@ -68,10 +88,7 @@ def build_from_images(images: Optional[Path], out: Optional[Path], poses: Option
     if not images.is_dir():
         raise VlocError(f"--images {images} is not a directory")
     records = load_records(images, poses, poses_format, cam)
-    from dataclasses import replace
-    cfg = BuildConfig()
-    cfg = replace(cfg, features=replace(cfg.features, max_keypoints=max_keypoints),
-                  reconstruction=replace(cfg.reconstruction, sfm_method=sfm.value))
+    cfg = build_config(features, max_keypoints, device, sfm.value)
     reporter = Reporter(enabled=not quiet)
     manifest = build_map(images, records, out, cfg, pose_file=poses,
                          pose_format=poses_format.value if poses_format else None, reporter=reporter)
@@ -157,3 +174,29 @@ def _georeference_rows(g: dict) -> list[tuple[str, str]]:
         rows.append(("georef source", src.get("kind", "?") + (f" {src['file']}" if "file" in src else "")
                      if isinstance(src, dict) else str(src)))
     return rows
+
+
+@user_errors
+def add_features_cmd(bundle: Path = typer.Argument(..., help="bundle directory (changed atomically: a new revision)"),
+                     features: str = typer.Option(..., "--features", help="aliked (= aliked-n16) | aliked-n32 | "
+                                                  "aliked-t16 | disk | sift"),
+                     images: Optional[Path] = typer.Option(None, "--images", help="the map's source images "
+                                                           "(default: the folder recorded at build time)"),
+                     max_keypoints: Optional[int] = typer.Option(None, "--max-keypoints"),
+                     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+                     quiet: bool = typer.Option(False, "--quiet", "-q"),
+                     as_json: bool = typer.Option(False, "--json")) -> None:
+    """Add a second feature set to a posed map: extracted from its source images and triangulated
+    with the map's own poses (no new SfM), written as a new revision."""
+    from mapping.add_features import add_features
+    cfg = build_config(features, max_keypoints, device)
+    m = add_features(bundle, features, cfg, images, Reporter(enabled=not quiet))
+    name = cfg.feature_type
+    entry = m["feature_sets"][name]
+    if as_json:
+        print(json.dumps({"bundle": str(bundle), "feature_set": name, "revision": m.get("revision"), **entry}))
+    else:
+        st = entry.get("statistics", {})
+        Console(stderr=False).print(f"[green]added[/green] {name} to {bundle} (revision {m.get('revision')}): "
+                                    f"{st.get('n_points3D')} points from {st.get('n_images')} images; sets: "
+                                    + ", ".join(m["feature_sets"]))

@@ -2,9 +2,9 @@
 
 A backend turns a grayscale image into :class:`Features`. Keypoints are in the
 COLMAP pixel convention (top-left pixel centre at (0.5, 0.5)) of the *input*
-image, whatever working resolution the backend used internally. A torch /
-kornia backend (ALIKED, DISK, ...) implements the same protocol and chooses
-its own device; callers never see tensors.
+image, whatever working resolution the backend used internally. The learned
+backends (ALIKED, DISK on torch / kornia: :mod:`vision.learned`) implement the
+same protocol and choose their own device; callers never see tensors.
 """
 from __future__ import annotations
 
@@ -118,10 +118,3 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
     d = descriptors.astype(np.float32)
     d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-8)
     return np.sqrt(d)
-
-
-def make_backend(name: str = "sift", **kwargs) -> FeatureBackend:
-    """Backend by name. Only "sift" ships in the CPU core; learned backends register here."""
-    if name in ("sift", "sift-opencv"):
-        return SiftBackend(SiftConfig(**kwargs))
-    raise ValueError(f"unknown feature backend {name!r}; available: sift")

@@ -15,6 +15,7 @@ from hdmap.cli import build as map_build_cmd
 from hdmap.georef_cli import georef as georef_cmd
 from hdmap.layers_cli import layers as layers_cmd
 from localize.cli import localize_cmd
+from mapping.cli import add_features_cmd
 from mapping.cli import info as map_info_cmd
 from robots.cli import replay_cmd, ros1_cmd
 from robots.cli import ros2 as ros2_cmd
@@ -23,6 +24,7 @@ from robots.cli import ros2 as ros2_cmd
 map_app = typer.Typer(help="Build and inspect map bundles.", no_args_is_help=True)
 map_app.command("build")(map_build_cmd)
 map_app.command("info")(map_info_cmd)
+map_app.command("add-features")(add_features_cmd)
 map_app.command("georef")(georef_cmd)
 map_app.command("fuse-aerial")(fuse_aerial_cmd)
 map_app.command("layers")(layers_cmd)

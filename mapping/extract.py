@@ -1,0 +1,91 @@
+"""Map build stage 1: local features of every image (SIFT on CPU threads, or a learned network in
+device batches), each kept in the build's stage cache so an interrupted build resumes."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+from core.imageio import read_image
+from core.progress import Reporter
+from core.threads import kernel_threads
+from core.types import ImageRecord, VlocError
+from mapping.config import BuildConfig
+from mapping.stage_cache import StageCache, content_key
+from vision.backends import make_backend
+from vision.features import FeatureBackend, Features
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``workers`` threads whose OpenCV / torch kernels run single-threaded meanwhile
+    (the workers already fill the cores; see :func:`core.threads.kernel_threads`)."""
+    with kernel_threads(1) if workers > 1 else nullcontext(), ThreadPoolExecutor(workers) as ex:
+        yield ex
+
+
+def feature_key(r: ImageRecord, image_sha: str, cfg: BuildConfig) -> str:
+    """Stage-cache key of one image's features: its content, camera and the feature settings."""
+    return content_key("features", image_sha, str(r.camera), cfg.feature_config())
+
+
+def learned_backend(cfg: BuildConfig) -> FeatureBackend:
+    """The build's learned backend (one network, shared by every image)."""
+    c = cfg.learned
+    return make_backend(cfg.feature_type, max_keypoints=c.max_keypoints, max_image_side=c.max_image_side,
+                        device=c.device, fp16=c.fp16, batch_size=c.batch_size)
+
+
+def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
+                cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> list[Features]:
+    """Features of every record (from ``cache`` when an identical image was done before)."""
+    keys = [feature_key(r, image_sha[r.name], cfg) for r in records] if cache is not None else [None] * len(records)
+    feats: list[Features | None] = [None] * len(records)
+    for k, key in enumerate(keys):
+        if key is not None and (hit := cache.get("features", key)) is not None:
+            feats[k] = Features(hit["keypoints"], hit["scales"], hit["orientations"], hit["descriptors"])
+    todo = [k for k, f in enumerate(feats) if f is None]
+
+    def store(k: int, f: Features) -> Features:
+        if keys[k] is not None:
+            cache.put("features", keys[k], keypoints=f.keypoints, scales=f.scales, orientations=f.orientations,
+                      descriptors=f.descriptors)
+        feats[k] = f
+        return f
+
+    def gray(k: int):
+        return read_image(Path(root) / records[k].name, records[k].camera, gray=True)
+
+    if todo and not cfg.learned_features:
+        local = threading.local()  # OpenCV releases the GIL; one detector per thread
+
+        def one(k: int) -> Features:
+            if not hasattr(local, "backend"):
+                local.backend = make_backend("sift", **cfg.features.__dict__)
+            return store(k, local.backend.extract(gray(k)))
+
+        with worker_pool(cfg.workers) as ex:
+            list(reporter.track(ex.map(one, todo), "features", total=len(todo)))
+    elif todo:
+        backend = learned_backend(cfg)
+        step = max(1, cfg.learned.batch_size)
+        batches = [todo[i:i + step] for i in range(0, len(todo), step)]
+
+        def run() -> Iterator[int]:
+            with ThreadPoolExecutor(1) as io:  # decode the next batch while the network runs
+                pending = io.submit(lambda b: [gray(k) for k in b], batches[0])
+                for n, batch in enumerate(batches):
+                    grays = pending.result()
+                    if n + 1 < len(batches):
+                        pending = io.submit(lambda b: [gray(k) for k in b], batches[n + 1])
+                    for k, f in zip(batch, backend.extract_batch(grays)):
+                        store(k, f)
+                        yield k
+
+        for _ in reporter.track(run(), "features", total=len(todo)):
+            pass
+    if all(len(f) < 20 for f in feats):
+        raise VlocError("no image has usable local features (blank or unreadable images?)")
+    return feats  # type: ignore[return-value]

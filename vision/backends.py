@@ -1,0 +1,24 @@
+"""Feature backends by name: OpenCV SIFT (:mod:`vision.features`) or a learned network
+(:mod:`vision.learned`, imported on first use: torch, kornia and the weights load only then)."""
+from __future__ import annotations
+
+from vision.features import FeatureBackend, SiftBackend, SiftConfig
+
+#: learned feature types (vision.learned) and their backend configs' model names.
+LEARNED_TYPES = ("aliked-n16", "aliked-n32", "aliked-t16", "disk")
+
+
+def make_backend(name: str = "sift", **kwargs) -> FeatureBackend:
+    """Backend by name: "sift" (OpenCV; kwargs of :class:`SiftConfig`), or a learned type
+    ("aliked" = "aliked-n16", "aliked-n32", "aliked-t16", "disk"; kwargs of the learned configs:
+    max_keypoints, max_image_side, device, fp16, batch_size, ...). Learned backends load torch,
+    kornia and their weights on first use only."""
+    if name in ("sift", "sift-opencv"):
+        return SiftBackend(SiftConfig(**kwargs))
+    name = "aliked-n16" if name == "aliked" else name
+    if name in LEARNED_TYPES:
+        from vision.learned import AlikedBackend, AlikedConfig, DiskBackend, DiskConfig
+        if name == "disk":
+            return DiskBackend(DiskConfig(**kwargs))
+        return AlikedBackend(AlikedConfig(model=name, **kwargs))
+    raise ValueError(f"unknown feature backend {name!r}; available: sift, {', '.join(LEARNED_TYPES)}")
