@@ -30,11 +30,20 @@ def localize_cmd(
     map_: Path = typer.Option(..., "--map", help="map bundle"),
     camera: Optional[str] = typer.Option(None, "--camera", help='"MODEL W H PARAMS..." (default: the map camera)'),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per image"),
+    features: Optional[str] = typer.Option(None, "--features", help="the bundle's feature set: sift | aliked | "
+                                           "aliked-n32 | aliked-t16 | disk (default: its first set)"),
+    device: str = typer.Option("auto", "--device", help="learned features: auto | cpu | cuda"),
+    matcher: str = typer.Option("lightglue", "--matcher", help="learned features: lightglue (query vs each "
+                                "retrieved map image) | nn (mutual nearest neighbours 2D-3D, faster)"),
 ) -> None:
     """Localize camera frames in a map bundle."""
     from core.geo import Georeference
-    from localize import Localizer
-    loc = Localizer(map_)
+    from localize import Localizer, LocalizerConfig
+    if device not in ("auto", "cpu", "cuda"):
+        raise VlocError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if matcher not in ("lightglue", "nn"):
+        raise VlocError(f"--matcher must be lightglue or nn, got {matcher!r}")
+    loc = Localizer(map_, LocalizerConfig(features=features, device=device, learned_matcher=matcher))
     try:
         georef = Georeference.from_manifest(loc.map.manifest)
     except ValueError as e:

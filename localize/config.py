@@ -8,6 +8,26 @@ from dataclasses import dataclass
 class LocalizerConfig:
     """Per-query settings of :class:`localize.Localizer`."""
 
+    # feature set and device ---------------------------------------------------------------
+    #: the bundle's feature set to localize with (sift, aliked, aliked-n32, disk, ...); None: the
+    #: bundle's first (root) set. A set the bundle lacks is refused with the sets it has.
+    features: str | None = None
+    #: where learned networks and a learned map's descriptors run: "auto" (CUDA when there is
+    #: one), "cpu" or "cuda" (falls back to the CPU with one log line). SIFT always runs on the CPU.
+    device: str = "auto"
+    #: half-precision learned networks and resident descriptors on CUDA (ignored on the CPU).
+    fp16: bool = True
+    #: learned sets: "lightglue" (the query against each retrieved map image, lifted to 2D-3D
+    #: through the map's tracks) or "nn" (mutual nearest neighbours 2D-3D: the fast option).
+    learned_matcher: str = "lightglue"
+    #: learned sets: query keypoints and the longest side the network sees.
+    learned_max_keypoints: int = 2048
+    learned_max_image_side: int = 640
+    #: learned sets with LightGlue: map images matched per query (each is one LightGlue pair).
+    lightglue_top_k: int = 5
+    #: learned sets: ratio test of the nearest-neighbour matcher (L2 distances of unit descriptors).
+    learned_ratio: float = 0.95
+
     # features ------------------------------------------------------------------------------
     #: query keypoints kept (strongest first).
     max_keypoints: int = 2048

@@ -16,6 +16,7 @@ from core.camera import Camera
 from core.geometry import Rigid3
 from core.types import VlocError
 from localize.config import LocalizerConfig
+from localize.learned_match import lightglue_points, nn_points
 from localize.map import LocalizationMap
 from localize.result import LocalizationResult, PosePrior
 from vision.features import Features, SiftBackend, SiftConfig, root_sift
@@ -190,14 +191,43 @@ class Localizer:
     def __init__(self, bundle: Path | LocalizationMap, cfg: LocalizerConfig = LocalizerConfig(),
                  mmap_dir: Path | None = None) -> None:
         """``mmap_dir``: memory-map the map's descriptors from sidecars there (see LocalizationMap.load)."""
-        self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle), mmap_dir)
+        self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle), mmap_dir,
+                                                                                            cfg.features)
         self.cfg = cfg
-        self.map.cache_rootsift(int(cfg.rootsift_cache_mb * 1e6))
+        #: bytes of this map resident on the device (learned sets on CUDA), for the cache budget
+        self.device_bytes = 0
+        self.device = torch.device("cpu")
+        if self.map.learned:
+            self._setup_learned()
+        else:
+            self.map.cache_rootsift(int(cfg.rootsift_cache_mb * 1e6))
         valid = self.map.retrieval_rows >= 0
         self.ivf = (InvertedFile.build(self.map.retrieval_matrix) if 0 < cfg.retrieval_ivf_min_images <= valid.sum()
                     else None)
         self._local = threading.local()
-        self.attempts = Attempts.from_config(cfg)
+        self.attempts = Attempts.from_config(cfg) if not self.map.learned else \
+            Attempts(Attempt("full", cfg.learned_max_image_side, cfg.learned_max_keypoints,
+                             cfg.lightglue_top_k if cfg.learned_matcher == "lightglue" else cfg.top_k), None, None)
+
+    def _setup_learned(self) -> None:
+        """Network, matcher and resident descriptors of a learned feature set (see LocalizerConfig)."""
+        from vision.backends import make_backend
+        from vision.learned import LightGlueMatcher, resolve_device
+        c, fs = self.cfg, self.map.feature_set
+        if c.learned_matcher not in ("lightglue", "nn"):
+            raise VlocError(f"unknown learned matcher {c.learned_matcher!r}: lightglue or nn")
+        self.device = resolve_device(c.device)
+        self.dtype = torch.float16 if c.fp16 and self.device.type == "cuda" else torch.float32
+        self.learned_backend = make_backend(fs.type, max_keypoints=c.learned_max_keypoints,
+                                            max_image_side=c.learned_max_image_side, device=c.device,
+                                            fp16=c.fp16)
+        self.matcher = None
+        if c.learned_matcher == "lightglue":
+            lg = "disk" if fs.type == "disk" else "aliked" if fs.type in ("aliked-n16", "aliked-n32") else None
+            if lg is None:
+                raise VlocError(f"LightGlue has no weights for {fs.type}: use learned_matcher='nn'")
+            self.matcher = LightGlueMatcher(lg, device=c.device, fp16=c.fp16)
+        self.device_bytes = self.map.to_device(self.device, self.dtype)
 
     def _backend(self, attempt: Attempt) -> SiftBackend:
         backends = self._local.__dict__.setdefault("backends", {})
@@ -213,6 +243,8 @@ class Localizer:
         """Query features at ``attempt``'s working resolution and budget (default: the full setting)."""
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         gray = np.ascontiguousarray(gray, dtype=np.uint8)
+        if self.map.learned:  # learned networks take the frame as it is
+            return self.learned_backend.extract(gray)
         if self.cfg.denoise_above_sigma > 0 and noise_sigma(gray) > self.cfg.denoise_above_sigma:
             gray = cv2.GaussianBlur(gray, (0, 0), self.cfg.denoise_blur_sigma)
         if self.cfg.normalize_contrast:
@@ -246,6 +278,22 @@ class Localizer:
             return np.zeros(0, np.int64)
         top = np.argpartition(-scores, k - 1)[:k]
         return rows[top[np.argsort(-scores[top])]]
+
+    def match(self, feats: Features, rows: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """2D-3D matches of the query against the map images ``rows``: (query keypoint indices,
+        point rows), each point once. SIFT: int8 RootSIFT candidates + ratio test; learned sets:
+        LightGlue per retrieved image or mutual nearest neighbours (``learned_matcher``)."""
+        cfg, m = self.cfg, self.map
+        if m.learned and self.matcher is not None:
+            return lightglue_points(self.matcher, feats, image_size, [m.image_features(int(r)) for r in rows])
+        obs = first_observation_per_point(m.observations(rows), m.obs_point)
+        if m.learned:
+            q = torch.from_numpy(feats.descriptors).to(self.device, self.dtype)
+            return nn_points(q, m.learned_descriptors(obs, self.device, self.dtype), m.obs_point[obs],
+                             cfg.learned_ratio)
+        q_desc = torch.from_numpy(root_sift(feats.descriptors))
+        return match_to_points(q_desc, m.rootsift_int8(obs), lambda rows: m.rootsift(obs[rows]),
+                               m.obs_point[obs], cfg.ratio)
 
     def localize(self, image: np.ndarray, camera: Camera, prior: PosePrior | None = None) -> LocalizationResult:
         """image: (H, W) or (H, W, 3) uint8 RGB matching ``camera`` in size. Returns the pose in the map frame.
@@ -295,10 +343,7 @@ class Localizer:
         result.retrieved = [m.image_names[r] for r in rows]
         lap("retrieval")
 
-        obs = first_observation_per_point(m.observations(rows), m.obs_point)
-        q_desc = torch.from_numpy(root_sift(feats.descriptors))
-        qi, pi = match_to_points(q_desc, m.rootsift_int8(obs), lambda rows: m.rootsift(obs[rows]),
-                                 m.obs_point[obs], cfg.ratio)
+        qi, pi = self.match(feats, rows, (image.shape[1], image.shape[0]))
         result.num_matches = len(qi)
         lap("matching")
         if len(qi) < max(cfg.min_inliers, 6):

@@ -10,10 +10,10 @@ import numpy as np
 import pycolmap
 import torch
 
-from bundleio import read_features_h5, read_manifest
+from bundleio import FeatureSet, read_features_h5, read_manifest, resolve_feature_set
 from core.geometry import Rigid3
 from core.types import VlocError
-from vision.features import root_sift
+from vision.features import Features, root_sift
 from vision.matching import sift_int8
 from vision.retrieval import RetrievalIndex
 
@@ -32,19 +32,20 @@ def points_from_model(path: Path, image_names: list[str]) -> tuple[np.ndarray, n
     return ids, xyz, np.array(centres).reshape(-1, 3)
 
 
-def mapped_descriptors(bundle: Path, manifest: dict, mmap_dir: Path) -> np.ndarray:
-    """(T, D) read-only memory map of a bundle's observation descriptors.
+def mapped_descriptors(bundle: Path, manifest: dict, mmap_dir: Path, rel: str = "features.h5") -> np.ndarray:
+    """(T, D) read-only memory map of a bundle's observation descriptors (``rel``: the feature
+    set's features.h5 relative to the bundle).
 
     The sidecar ``mmap_dir/<sha256 of features.h5>.npy`` is written (temp + rename) the first
     time and reused by every later load and process; it is derived data, outside the bundle.
     """
-    sha = manifest.get("files", {}).get("features.h5", {}).get("sha256")
+    sha = manifest.get("files", {}).get(rel, {}).get("sha256")
     if not sha:
-        raise VlocError(f"{bundle}: the manifest has no checksum for features.h5")
+        raise VlocError(f"{bundle}: the manifest has no checksum for {rel}")
     side = Path(mmap_dir) / f"{sha}.npy"
     if not side.is_file():
         side.parent.mkdir(parents=True, exist_ok=True)
-        desc = read_features_h5(Path(bundle) / "features.h5").descriptors
+        desc = read_features_h5(Path(bundle) / rel).descriptors
         tmp = side.with_name(f".{side.name}.{uuid.uuid4().hex[:8]}.tmp")
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(desc))
@@ -56,12 +57,14 @@ def mapped_descriptors(bundle: Path, manifest: dict, mmap_dir: Path) -> np.ndarr
 
 @dataclass
 class LocalizationMap:
-    """Everything a query needs, loaded from a bundle.
+    """Everything a query needs, loaded from one feature set of a bundle.
 
     points_xyz: (P, 3) float64 world points; observation rows refer to them by ``obs_point``.
-    obs_descriptors: (T, 128) uint8 observation descriptors, grouped image by image.
-    obs_point: (T,) int64 row into points_xyz.  image_offsets: (N+1,) int64.
+    obs_descriptors: (T, D) observation descriptors (uint8 SIFT, or float32 unit-norm learned),
+    grouped image by image.  obs_point: (T,) int64 row into points_xyz.  image_offsets: (N+1,) int64.
     image_names: (N,), image_centres: (N, 3) camera centres in the world frame.
+    obs_keypoints: (T, 2) float32 COLMAP pixels and image_sizes: (N, 2) width, height (learned
+    sets; LightGlue needs them), else None. feature_set: which set of the bundle this is.
     """
 
     path: Path
@@ -76,25 +79,35 @@ class LocalizationMap:
     retrieval_rows: np.ndarray
     #: (N_retrieval, K*D) float32 copy of the global descriptors (no per-query conversion).
     retrieval_matrix: np.ndarray = None
+    feature_set: FeatureSet | None = None
+    obs_keypoints: np.ndarray | None = None
+    image_sizes: np.ndarray | None = None
+    #: learned sets on a device: (T, D) descriptors resident there (see :meth:`to_device`).
+    device_descriptors: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.retrieval_matrix is None:
             self.retrieval_matrix = np.ascontiguousarray(self.retrieval.descriptors, dtype=np.float32)
 
     @staticmethod
-    def load(path: Path, mmap_dir: Path | None = None) -> "LocalizationMap":
-        """Load a bundle. With ``mmap_dir``, the observation descriptors are memory-mapped from an
-        uncompressed copy there (made once per features.h5 content, see :func:`mapped_descriptors`):
-        processes serving the same map share its pages and a load reads no descriptor bytes."""
+    def load(path: Path, mmap_dir: Path | None = None, features: str | None = None) -> "LocalizationMap":
+        """Load a bundle's feature set ``features`` (None: its root set; a set it lacks is a
+        VlocError naming those it has). With ``mmap_dir``, the observation descriptors are
+        memory-mapped from an uncompressed copy there (made once per features.h5 content, see
+        :func:`mapped_descriptors`): processes serving the same map share its pages and a load
+        reads no descriptor bytes."""
         path = Path(path)
         manifest = read_manifest(path)
-        table = read_features_h5(path / "features.h5", descriptors=mmap_dir is None)
+        fs = resolve_feature_set(manifest, features, path)
+        base = fs.dir(path)
+        rel = (Path(fs.path) / "features.h5").as_posix()
+        table = read_features_h5(base / "features.h5", descriptors=mmap_dir is None)
         if mmap_dir is not None:
-            table.descriptors = mapped_descriptors(path, manifest, Path(mmap_dir))
+            table.descriptors = mapped_descriptors(path, manifest, Path(mmap_dir), rel)
         if table.points_xyz is not None and table.image_centres is not None:
             ids, xyz, centres = table.points_id.astype(np.int64), table.points_xyz, table.image_centres
         else:  # bundles written before features.h5 carried the point table: parse the model
-            ids, xyz, centres = points_from_model(path, table.image_names)
+            ids, xyz, centres = points_from_model(base, table.image_names)
         if len(ids) == 0:
             raise VlocError(f"{path}: the map has no 3D points")
         row_of = np.full(int(ids.max()) + 1, -1, np.int64)
@@ -102,11 +115,44 @@ class LocalizationMap:
         obs_point = row_of[np.clip(table.point3d_ids, 0, len(row_of) - 1)]
         if (obs_point < 0).any() or (table.point3d_ids >= len(row_of)).any():
             raise VlocError(f"{path}: features.h5 refers to 3D points missing from the model")
-        retrieval = RetrievalIndex.load(path / "retrieval.npz")
+        retrieval = RetrievalIndex.load(base / "retrieval.npz")
         pos = {n: k for k, n in enumerate(table.image_names)}
         rows = np.array([pos.get(n, -1) for n in retrieval.names], np.int64)
         return LocalizationMap(path, manifest, xyz, table.descriptors, obs_point, table.image_offsets,
-                               table.image_names, np.asarray(centres), retrieval, rows)
+                               table.image_names, np.asarray(centres), retrieval, rows, feature_set=fs,
+                               obs_keypoints=table.keypoints, image_sizes=table.image_sizes)
+
+    @property
+    def learned(self) -> bool:
+        return self.feature_set is not None and self.feature_set.learned
+
+    def to_device(self, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+        """Keep a learned set's descriptors resident on ``device`` (a CUDA device: per-query
+        gathers then read no host memory). Returns the bytes placed there (0 on the CPU, where
+        queries gather rows of the host array)."""
+        if not self.learned or device.type == "cpu":
+            return 0
+        self.device_descriptors = torch.from_numpy(np.ascontiguousarray(self.obs_descriptors)).to(device, dtype)
+        return int(self.device_descriptors.numel() * self.device_descriptors.element_size())
+
+    def learned_descriptors(self, obs: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(M, D) descriptors of observation rows ``obs`` on ``device`` (a learned set)."""
+        if self.device_descriptors is not None:
+            return self.device_descriptors.index_select(0, torch.from_numpy(obs).to(self.device_descriptors.device))
+        return torch.from_numpy(np.take(self.obs_descriptors, obs, axis=0)).to(device, dtype)
+
+    def image_features(self, row: int) -> tuple[Features, tuple[int, int], np.ndarray]:
+        """One map image's observations as Features (COLMAP pixels), its size (W, H) and their point
+        rows: what LightGlue matches a query against (learned sets only)."""
+        if self.obs_keypoints is None or self.image_sizes is None:
+            raise VlocError(f"{self.path}: feature set {self.feature_set.name if self.feature_set else '?'} "
+                            "stores no keypoints; use the nearest-neighbour matcher")
+        sl = slice(int(self.image_offsets[row]), int(self.image_offsets[row + 1]))
+        kp = self.obs_keypoints[sl]
+        n = len(kp)
+        f = Features(kp, np.ones(n, np.float32), np.zeros(n, np.float32), np.asarray(self.obs_descriptors[sl]))
+        w, h = (int(x) for x in self.image_sizes[row])
+        return f, (w, h), self.obs_point[sl]
 
     def cache_rootsift(self, max_bytes: int) -> bool:
         """Precompute the int8 RootSIFT (:func:`vision.matching.sift_int8`, 1 byte per entry)
