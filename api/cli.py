@@ -86,7 +86,14 @@ def serve_cmd(data: Path = typer.Option(..., "--data", help="data directory (reg
               port: int = typer.Option(8080, "--port"),
               workers: int = typer.Option(2, "--workers", min=1, help="localization threads"),
               cache_mb: Optional[float] = typer.Option(None, "--cache-mb", help="memory budget of loaded maps"),
-              log_level: str = typer.Option("info", "--log-level")) -> None:
+              log_level: str = typer.Option("info", "--log-level"),
+              device: Optional[str] = typer.Option(None, "--device", help="learned feature sets: auto | cpu | cuda "
+                                                   "(default: the VLOC_DEVICE setting, auto)"),
+              max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1,
+                                                      help="frames per micro-batch on learned sets (1: none)"),
+              max_batch_wait_ms: Optional[float] = typer.Option(None, "--max-batch-wait-ms", min=0,
+                                                                help="how long a micro-batch collects frames")
+              ) -> None:
     """Serve the localization API (REST + WebSocket) over the maps registered in DATA."""
     import uvicorn
     from pydantic import ValidationError
@@ -98,6 +105,9 @@ def serve_cmd(data: Path = typer.Option(..., "--data", help="data directory (reg
     overrides = {"data_dir": data, "host": host, "port": port, "workers": workers, "log_level": log_level}
     if cache_mb is not None:
         overrides["cache_budget_bytes"] = int(cache_mb * 1e6)
+    for name, value in (("device", device), ("max_batch", max_batch), ("max_batch_wait_ms", max_batch_wait_ms)):
+        if value is not None:
+            overrides[name] = value
     try:
         settings = Settings(**overrides)
     except ValidationError as e:

@@ -62,6 +62,10 @@ class LocalizeMeta(Strict):
                                       description="real-time robots: answer 429 ('busy: ...', Retry-After 0) instead of "
                                                   "localizing when the frame waited on the server longer than "
                                                   "this for a worker; a newer frame is worth more than a late pose")
+    features: str | None = Field(None, max_length=32,
+                                 description="the map's feature set to localize with (sift, aliked, aliked-n32, "
+                                             "aliked-t16, disk); default: the map's first set. A set the map lacks "
+                                             "is a 422 naming those it has")
 
 
 class StreamFrameMeta(Strict):
@@ -77,6 +81,8 @@ class StreamFrameMeta(Strict):
 
     frame_id: int | str = Field(description="echoed in the reply; any int or string up to 128 chars")
     camera: CameraIn | None = None
+    features: str | None = Field(None, max_length=32, description="the map's feature set (as in LocalizeMeta); "
+                                 "may be omitted after the first frame (the session keeps it)")
     timestamp: Finite | None = None
     prior: PriorIn | None = None
 
@@ -137,6 +143,8 @@ class LocalizeResponse(BaseModel):
                                              'attempt "coarse" (no prior) / "tracking" (prior) when kept')
     map_id: str
     map_version: str
+    features: str = Field("sift", description="the map's feature set that answered")
+    batch_size: int = Field(1, description="frames in the micro-batch this one ran in (1: alone)")
     robot_id: str | None = None
     timestamp: float | None = None
     prior_used: bool = False

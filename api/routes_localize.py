@@ -55,7 +55,8 @@ async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> Lo
     deadline = None if meta.max_wait_ms is None else received + meta.max_wait_ms / 1000
     try:
         out = await service.localize(map_id, image, meta.camera, prior, "rest",
-                                     {"robot_id": meta.robot_id, "timestamp": meta.timestamp}, deadline_mono=deadline)
+                                     {"robot_id": meta.robot_id, "timestamp": meta.timestamp}, deadline_mono=deadline,
+                                     features=meta.features)
     except StaleFrame:
         service.metrics.localizations.labels("rest", "busy").inc()
         waited = (time.monotonic() - received) * 1000

@@ -1,6 +1,7 @@
 """Server settings: a pydantic Settings object, also read from ``VLOC_*`` environment variables."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -46,6 +47,20 @@ class Settings(BaseSettings):
     # serving ---------------------------------------------------------------------------------
     #: memory budget of the loaded-map cache (estimated from the maps' arrays), bytes.
     cache_budget_bytes: int = Field(2 * GiB, ge=0)
+    #: where learned feature networks run and learned maps' descriptors stay resident: "auto" (CUDA
+    #: when there is one), "cpu" or "cuda" (falls back to the CPU with one log line). SIFT maps
+    #: always localize on the CPU.
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    #: budget of map descriptors resident on the device (learned sets on CUDA), bytes; maps are
+    #: evicted (least recently used first) to fit it as they are for ``cache_budget_bytes``.
+    device_cache_budget_bytes: int = Field(16 * GiB, ge=0)
+    #: micro-batching of frames on learned feature sets (any robots, REST and streams): at most
+    #: this many frames per device batch (1 = no batching) ...
+    max_batch: int = Field(32, ge=1, le=1024)
+    #: ... collected for at most this long after a batch's first frame, milliseconds.
+    max_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    #: CPU threads that run matching and PnP for the frames of a micro-batch.
+    pose_workers: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1, le=256)
 
     # streaming -------------------------------------------------------------------------------
     #: a frame older than this (receive time minus its timestamp, plus its wait here) is dropped

@@ -106,6 +106,7 @@ class StreamSession:
         self.frames: deque[_Frame] = deque()
         self.wakeup = asyncio.Event()
         self.camera: CameraIn | None = None
+        self.features: str | None = None
         self.version: str | None = None
         self.hard_cap = 16 * s.stream_max_pending + 64
 
@@ -199,7 +200,8 @@ class StreamSession:
             # the frame may also go stale while it waits for a worker: a second check there
             out = await self.service.localize(self.map_id, f.image, camera, prior, "stream",
                                               {"frame_id": f.frame_id, "timestamp": meta.timestamp},
-                                              deadline_mono=f.received_mono + limits.max_queue_s)
+                                              deadline_mono=f.received_mono + limits.max_queue_s,
+                                              features=meta.features or self.features)
         except StaleFrame:
             return {"frame_id": f.frame_id, "dropped": True,
                     **limits.verdict(time.monotonic() - f.received_mono, past_deadline=True)}
@@ -209,6 +211,7 @@ class StreamSession:
             log.exception("frame %r of a stream on map %s failed", f.frame_id, self.map_id)
             return self._error(f.frame_id, 500, "internal server error")
         self.camera = camera
+        self.features = meta.features or self.features
         res = out.result
         if out.payload["map_version"] != self.version:  # a new version may have another frame
             self.tracker.reset()

@@ -38,7 +38,7 @@ def run_world_georef_bench(n_frames: int = 24, seed: int = 0, gsd_m: float = 0.1
     from datasets.world import generate_world, render_orthophoto, write_ground_dataset, write_orthophoto
     from hdmap.aerial import AerialConfig, load_map_points
     from hdmap.aerial_cli import fuse_and_store
-    from hdmap.georef_cli import georeference_bundle
+    from hdmap.georef_bundle import georeference_bundle
     from mapping.build import BuildConfig, build_map
     from mapping.pairs import PosePairConfig
     from vision.features import SiftConfig

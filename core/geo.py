@@ -20,8 +20,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from pyproj import Transformer
-from pyproj.enums import TransformDirection
 
 from core.geometry import Rigid3, Sim3, matrix_to_quat_wxyz, quat_wxyz_to_matrix
 
@@ -77,13 +75,14 @@ class Georeference:
                 **extra}
 
     @property
-    def _transformer(self) -> Transformer:
+    def _transformer(self) -> "Transformer":  # noqa: F821  (pyproj, imported on first use)
         """geodetic (lon, lat deg, h) -> ENU at the origin; one per thread (pyproj objects are not shared)."""
         local = self.__dict__.get("_local")
         if local is None:
             local = threading.local()
             object.__setattr__(self, "_local", local)
         if not hasattr(local, "t"):
+            from pyproj import Transformer  # on first use: serving a map without georeference needs no pyproj
             local.t = Transformer.from_pipeline(
                 "+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad +step +proj=cart +ellps=WGS84 "
                 f"+step +proj=topocentric +ellps=WGS84 +lat_0={self.latitude!r} +lon_0={self.longitude!r} "
@@ -93,6 +92,7 @@ class Georeference:
     def locate(self, world_from_cam: Rigid3) -> dict[str, float]:
         """latitude, longitude (deg), altitude (m, ellipsoid), heading (deg from north) of a camera."""
         e, n, u = self.scale * self.rotation @ world_from_cam.translation + self.translation
+        from pyproj.enums import TransformDirection
         lon, lat, alt = self._transformer.transform(e, n, u, direction=TransformDirection.INVERSE)
         axis = self.rotation @ world_from_cam.rotation[:, 2]
         heading = math.degrees(math.atan2(axis[0], axis[1])) % 360.0

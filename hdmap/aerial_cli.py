@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import typer
@@ -11,7 +11,9 @@ import typer
 from bundleio import read_manifest, sha256_file, update_bundle
 from core.cli_util import user_errors
 from core.types import VlocError
-from hdmap.aerial import AerialConfig, AerialFusion, fuse_bundle
+
+if TYPE_CHECKING:  # rasterio and the fusion load when the command runs, not with the CLI
+    from hdmap.aerial import AerialConfig, AerialFusion
 
 
 def _jsonable(x):
@@ -57,6 +59,7 @@ class RefusedRegistration(VlocError):
 def fuse_and_store(bundle: Path, ortho: Path, dsm: Path | None, cfg: AerialConfig) -> tuple[AerialFusion, dict]:
     """Register and, when applied, write the refined georeference into the bundle (atomically).
     Returns (result, the new manifest entry); RefusedRegistration when refused."""
+    from hdmap.aerial import fuse_bundle
     before = read_manifest(bundle).get("georeference")
     result = fuse_bundle(bundle, ortho, dsm, cfg)
     if not result.applied:
@@ -81,6 +84,7 @@ def fuse_aerial_cmd(
 ) -> None:
     """Register the map to an orthophoto and refine its georeference (east, north, yaw, scale; heights
     from the DSM). Refuses, leaving the bundle untouched, when the registration is not well supported."""
+    from hdmap.aerial import AerialConfig
     cfg = AerialConfig(max_shift_m=max_shift, refine_scale=not keep_scale)
     try:
         result, entry = fuse_and_store(bundle, ortho, dsm, cfg)

@@ -207,7 +207,8 @@ def _run_build(cfg: BatchConfig, reporter: Reporter) -> None:
 
 
 def _run_georef(cfg: BatchConfig, reporter: Reporter) -> None:
-    from hdmap.georef_cli import Gravity, georeference_bundle
+    from hdmap.georef_bundle import georeference_bundle
+    from hdmap.gravity import Gravity
 
     g = cfg.georef
     source = "exif" if g.from_exif else "gnss" if g.gnss is not None else "gcp"

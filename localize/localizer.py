@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -319,11 +320,37 @@ class Localizer:
                            "total": full.timings_ms["total"] + fast.timings_ms["total"]}
         return full
 
+    def localize_batch(self, frames: list[tuple[np.ndarray, Camera, PosePrior | None]],
+                       pool: ThreadPoolExecutor | None = None) -> list[LocalizationResult]:
+        """:meth:`localize` of each ``(image, camera, prior)``, with the learned network run once over
+        the frames as device batches (frames of equal size together); retrieval, matching and the
+        pose then run per frame, on ``pool``'s threads when given (PnP on CPU cores). A SIFT map
+        localizes frame by frame. The results equal those of :meth:`localize` one by one."""
+        for image, camera, _ in frames:
+            if image.shape[1] != camera.width or image.shape[0] != camera.height:
+                raise VlocError(f"image is {image.shape[1]}x{image.shape[0]} but the camera says "
+                                f"{camera.width}x{camera.height}")
+        if not self.map.learned or len(frames) <= 1:
+            run = (lambda f: self.localize(*f))
+            return list(pool.map(run, frames)) if pool is not None else [run(f) for f in frames]
+        t0 = time.perf_counter()
+        grays = [np.ascontiguousarray(im if im.ndim == 2 else cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+                 for im, _, _ in frames]
+        feats = self.learned_backend.extract_batch(grays)
+        per_frame_ms = (time.perf_counter() - t0) * 1000 / len(frames)
+
+        def rest(k: int) -> LocalizationResult:
+            image, camera, prior = frames[k]
+            return self._localize(image, camera, prior, self.attempts.full, feats[k], per_frame_ms)
+        ks = range(len(frames))
+        return list(pool.map(rest, ks)) if pool is not None else [rest(k) for k in ks]
+
     def _localize(self, image: np.ndarray, camera: Camera, prior: PosePrior | None,
-                  attempt: Attempt) -> LocalizationResult:
+                  attempt: Attempt, feats: Features | None = None, features_ms: float = 0.0) -> LocalizationResult:
+        """One attempt; ``feats`` (with the time they took, ``features_ms``) when extracted in a batch."""
         cfg, m = self.cfg, self.map
         timings: dict[str, float] = {}
-        t0 = t = time.perf_counter()
+        t0 = t = time.perf_counter() - features_ms / 1000
 
         def lap(name: str) -> None:
             nonlocal t
@@ -331,7 +358,8 @@ class Localizer:
             timings[name] = (now - t) * 1000
             t = now
 
-        feats = self.extract(image, attempt)
+        if feats is None:
+            feats = self.extract(image, attempt)
         lap("features")
         result = LocalizationResult(accepted=False, reason="", num_keypoints=len(feats), timings_ms=timings,
                                     attempt=attempt.name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +18,9 @@ from core.camera import Camera
 from core.cli_util import user_errors
 from core.progress import Reporter
 from core.types import ImageRecord, VlocError
-from mapping.build import BuildConfig, build_map
+
+if TYPE_CHECKING:  # pycolmap, torch and the build load when a command runs, not with the CLI
+    from mapping.config import BuildConfig
 
 
 class PoseFormat(str, Enum):
@@ -67,6 +69,7 @@ def build_config(features: str = "sift", max_keypoints: Optional[int] = None, de
     ftype = canonical_name(features)
     if device not in ("auto", "cpu", "cuda"):
         raise VlocError(f"--device must be auto, cpu or cuda, got {device!r}")
+    from mapping.config import BuildConfig
     cfg = BuildConfig(feature_type=ftype)
     if max_keypoints is not None:
         if max_keypoints < 1:
@@ -89,6 +92,7 @@ def build_from_images(images: Optional[Path], out: Optional[Path], poses: Option
         raise VlocError(f"--images {images} is not a directory")
     records = load_records(images, poses, poses_format, cam)
     cfg = build_config(features, max_keypoints, device, sfm.value)
+    from mapping.build import build_map
     reporter = Reporter(enabled=not quiet)
     manifest = build_map(images, records, out, cfg, pose_file=poses,
                          pose_format=poses_format.value if poses_format else None, reporter=reporter)

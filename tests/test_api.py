@@ -414,14 +414,14 @@ def test_memory_mapped_maps_count_less_and_sidecars_are_pruned(tmap, tmp_path):
 def test_cache_single_flight_lru_and_budget(tmap):
     calls = []
 
-    def loader(map_id, version, path):
+    def loader(map_id, version, path, features):
         calls.append((map_id, version))
-        return load_map(map_id, version, path, LocalizerConfig())
+        return load_map(map_id, version, path, LocalizerConfig(features=features))
 
     one = load_map("x", "1", tmap.bundle, LocalizerConfig()).nbytes
     assert one > 1_000_000
     events = []
-    cache = MapCache(int(1.5 * one), loader, on_change=lambda n, b: events.append((n, b)))
+    cache = MapCache(int(1.5 * one), loader, on_change=lambda n, b, d: events.append((n, b, d)))
     got = []
     threads = [threading.Thread(target=lambda: got.append(cache.get("a", "1", tmap.bundle))) for _ in range(4)]
     for t in threads:
@@ -431,7 +431,7 @@ def test_cache_single_flight_lru_and_budget(tmap):
     assert calls == [("a", "1")] and len({id(g) for g in got}) == 1  # loaded once, shared
     held = got[0]
     cache.get("b", "1", tmap.bundle)  # over budget: 'a' (least recently used) goes
-    assert [k for k, _ in cache.resident()] == [("b", "1")] and events[-1] == (1, one)
+    assert [k for k, _ in cache.resident()] == [("b", "1", "sift")] and events[-1] == (1, one, 0)
     assert held.localizer.map.n_images == 24  # a holder keeps using an evicted map
     cache.get("a", "1", tmap.bundle)
     assert calls == [("a", "1"), ("b", "1"), ("a", "1")]

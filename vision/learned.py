@@ -343,9 +343,11 @@ class LightGlueMatcher:
         if f.descriptors.ndim != 2 or f.descriptors.shape[1] != 128:
             raise ValueError(f"LightGlue ({self.features}) needs (N, 128) descriptors, got {f.descriptors.shape}")
         kpts = f.keypoints.astype(np.float32) - 0.5  # COLMAP -> OpenCV convention (the frame LightGlue trained on)
-        if len(kpts) and (kpts.min() < 0 or (kpts.max(axis=0) > [w - 1, h - 1]).any()):
+        hi = np.array([w - 1, h - 1], np.float32)
+        if len(kpts) and (kpts.min() < -1e-3 or (kpts.max(axis=0) > hi + 1e-3).any()):
             raise ValueError(f"keypoints outside the image of size (W, H) = {size}: is the size (W, H), of the input "
                              "image the features came from?")
+        kpts = np.clip(kpts, 0, hi)  # float rounding of the resize factor only; kornia raises outside [-1, 1]
         return {"keypoints": torch.from_numpy(kpts)[None].to(self.device),
                 "descriptors": torch.from_numpy(f.descriptors.astype(np.float32))[None].to(self.device),
                 "image_size": torch.tensor([[w, h]], device=self.device)}
