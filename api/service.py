@@ -79,7 +79,8 @@ class Service:
         self.registry.clean_staging()
         prune_sidecars(settings.mmap_dir, self.registry.maps_dir)
         self.metrics = Metrics()
-        cfg = replace(localizer_config or LocalizerConfig(), device=settings.device)
+        cfg = replace(localizer_config or LocalizerConfig(), device=settings.device,
+                      learned_matcher=settings.learned_matcher)
         self.cache = MapCache(settings.cache_budget_bytes,
                               lambda m, v, p, f: load_map(m, v, p, replace(cfg, features=f), settings.mmap_dir),
                               device_budget_bytes=settings.device_cache_budget_bytes,

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=1024)
     #: ... collected for at most this long after a batch's first frame, milliseconds.
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    #: learned feature sets: "lightglue" (the query against each retrieved map image) or "nn"
+    #: (mutual nearest neighbours 2D-3D on the device: the fleet-throughput option).
+    learned_matcher: str = Field("lightglue", pattern="^(lightglue|nn)$")
     #: CPU threads that run matching and PnP for the frames of a micro-batch.
     pose_workers: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1, le=256)
 

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from core.cli_util import user_errors
+from core.types import VlocError
 
 app = typer.Typer(help="Benchmarks (JSON + Markdown; state machine, data and ground truth).",
                   no_args_is_help=True)
@@ -54,11 +55,25 @@ def sevenscenes(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen",
                                                         help="JSON output; the error CDF goes next to it "
                                                              "(<stem>_cdf.png)"),
                 repeats: int = typer.Option(1, "--repeats", min=1,
-                                            help="query loops per run; latency = median over them")) -> None:
+                                            help="query loops per run; latency = median over them"),
+                features: str = typer.Option("sift", "--features", help="sift | aliked | aliked-n32 | disk: the "
+                                             "maps' features and the queries'"),
+                device: str = typer.Option("auto", "--device", help="learned features: auto | cpu | cuda"),
+                matcher: str = typer.Option("lightglue", "--matcher", help="learned features at query time: "
+                                            "lightglue | nn (mutual nearest neighbours 2D-3D)"),
+                maps_dir: Optional[Path] = typer.Option(None, "--maps-dir", help="keep the built maps here and "
+                                                        "reuse them on the next run (same images and settings)")
+                ) -> None:
     """Localization on a 7-Scenes scene: revisit + dense protocols x {pgt_sfm, pgt_dslam}, degradations."""
-    from bench.sevenscenes import cdf_path, markdown_table, run_7scenes_bench
+    from bench.sevenscenes import Bench7ScenesConfig, cdf_path, markdown_table, run_7scenes_bench
     from core.progress import Reporter
-    res = run_7scenes_bench(root, json_out, repeats, reporter=Reporter())
+    from localize.config import LocalizerConfig
+    from mapping.cli import build_config
+    if matcher not in ("lightglue", "nn"):
+        raise VlocError(f"--matcher must be lightglue or nn, got {matcher!r}")
+    cfg = Bench7ScenesConfig(build=build_config(features, None, device),
+                             localizer=LocalizerConfig(device=device, learned_matcher=matcher))
+    res = run_7scenes_bench(root, json_out, repeats, cfg, reporter=Reporter(), maps_dir=maps_dir)
     print(markdown_table(res))
     if json_out:
         print(f"\nJSON: {json_out}\nCDF: {cdf_path(json_out)}")
@@ -80,7 +95,6 @@ def scale(sizes: str = typer.Option("100,1000,5000", "--sizes", help="map sizes 
     """Query latency, load time, memory and accuracy vs map size on a generated building of rooms."""
     from bench.scale import ScaleConfig, markdown_table, run_scale_bench
     from core.progress import Reporter
-    from core.types import VlocError
     try:
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
@@ -125,12 +139,20 @@ def serve(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--ro
           track: bool = typer.Option(False, "--track", help="REST robots ask for server-side tracking"),
           workdir: Path = typer.Option(Path("bench-results/serve-cache"), "--workdir",
                                        help="cache of built maps and rendered frames (reruns skip them)"),
-          json_out: Optional[Path] = typer.Option(Path("bench-results/serve.json"), "--json")) -> None:
+          json_out: Optional[Path] = typer.Option(Path("bench-results/serve.json"), "--json"),
+          features: str = typer.Option("sift", "--features", help="the map's features: sift | aliked | disk ..."),
+          device: str = typer.Option("auto", "--device", help="learned features: auto | cpu | cuda"),
+          matcher: Optional[str] = typer.Option(None, "--matcher", help="learned features: lightglue | nn "
+                                                "(default: the server's, lightglue)"),
+          max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="server micro-batch size"),
+          max_batch_wait_ms: Optional[float] = typer.Option(None, "--max-batch-wait-ms", min=0)) -> None:
     """Load test over loopback: N robots x R Hz x S s against one `vloc serve` (REST or --stream)."""
     from bench.serve import markdown_table, run_serve_bench
     from bench.serve_config import ServeBenchConfig
     from core.progress import Reporter
-    cfg = ServeBenchConfig(robots=robots, hz=hz, seconds=seconds, stream=stream, maps=maps, cache_mb=cache_mb,
+    cfg = ServeBenchConfig(features=features, device=device, matcher=matcher, max_batch=max_batch,
+                           max_batch_wait_ms=max_batch_wait_ms,
+                           robots=robots, hz=hz, seconds=seconds, stream=stream, maps=maps, cache_mb=cache_mb,
                            workers=workers, max_age_s=max_age, max_pending=max_pending,
                            max_wait_s=max_wait, track=track)
     res = run_serve_bench(cfg, None if maps else root, workdir, json_out, reporter=Reporter())

@@ -79,6 +79,7 @@ def _fill(q: Query, reply: dict, truth) -> None:
     tm = reply.get("timings_ms") or {}
     q.server_wait_ms, q.server_total_ms = tm.get("wait"), tm.get("total")
     q.prior_used = reply.get("prior_used")
+    q.batch_size = reply.get("batch_size")
 
 
 async def _rest_robot(i: int, client, map_id: str, frames: Sequence[QueryFrame], offset: int,
@@ -227,7 +228,9 @@ def run_serve_bench(cfg: ServeBenchConfig, root: Path | None = None, workdir: Pa
                      + (f", cache {cfg.cache_mb} MB" if cfg.cache_mb is not None else "") + ")")
         env = {k: str(v) for k, v in (("VLOC_MAX_FRAME_AGE_S", cfg.max_age_s),
                                       ("VLOC_STREAM_MAX_PENDING", cfg.max_pending),
-                                      ("VLOC_MAX_QUEUE_WAIT_S", cfg.max_wait_s)) if v is not None}
+                                      ("VLOC_MAX_QUEUE_WAIT_S", cfg.max_wait_s), ("VLOC_DEVICE", cfg.device),
+                                      ("VLOC_LEARNED_MATCHER", cfg.matcher), ("VLOC_MAX_BATCH", cfg.max_batch),
+                                      ("VLOC_MAX_BATCH_WAIT_MS", cfg.max_batch_wait_ms)) if v is not None}
         server = ServerProcess(data, cfg.workers, cfg.cache_mb, env=env)
         server.wait_ready()
         t0 = time.perf_counter()

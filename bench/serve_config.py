@@ -37,6 +37,14 @@ class ServeBenchConfig:
     max_wait_s: float | None = None
     #: REST robots ask the server to track them (``meta.track``): motion priors without a stream.
     track: bool = False
+    #: the map's features (built with them; the server localizes with them): sift | aliked | disk ...
+    features: str = "sift"
+    #: the server's device for learned features (and the map build's): auto | cpu | cuda.
+    device: str = "auto"
+    #: learned features: the server's matcher (lightglue | nn) and micro-batching (None: its defaults).
+    matcher: str | None = None
+    max_batch: int | None = None
+    max_batch_wait_ms: float | None = None
     #: client timeout per request / stream reply, seconds.
     timeout_s: float = 30.0
     #: after the send window, how long to wait for the last answers, seconds.
@@ -90,6 +98,7 @@ class Query:
     server_total_ms: float | None = None
     prior_used: bool | None = None
     done_s: float | None = None
+    batch_size: int | None = None  # frames in the server's micro-batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +165,7 @@ def _median(xs) -> float | None:
 
 def summarize(queries: Sequence[Query], cfg: ServeBenchConfig) -> dict:
     """Throughput, latency, errors, drops and accuracy of a run (see the module docstring)."""
-    from bench.sevenscenes import accuracy_metrics
+    from core.accuracy import accuracy_metrics
     done = [q for q in queries if q.outcome == "ok"]
     outcomes: dict[str, int] = {}
     for q in queries:
@@ -171,6 +180,7 @@ def summarize(queries: Sequence[Query], cfg: ServeBenchConfig) -> dict:
     r = [q.r_err_deg if q.r_err_deg is not None else math.inf for q in done]
     acc = accuracy_metrics(t, r)
     scheduled = cfg.robots * len(schedule(1, cfg.hz, cfg.seconds)[0])
+    bs = [q.batch_size for q in done if q.batch_size is not None]
     return {
         "offered_qps": cfg.robots * cfg.hz,
         "scheduled": scheduled,
@@ -190,4 +200,5 @@ def summarize(queries: Sequence[Query], cfg: ServeBenchConfig) -> dict:
         "server_ms": {"wait_median": _median(q.server_wait_ms for q in done),
                       "core_total_median": _median(q.server_total_ms for q in done)},
         "prior_used_pct": 100.0 * sum(bool(q.prior_used) for q in done) / len(done) if done else None,
+        "batch_size": {"mean": float(np.mean(bs)) if bs else None, "max": max(bs) if bs else None},
     }

@@ -40,9 +40,11 @@ def prepare_7scenes(root: Path, workdir: Path, cfg: ServeBenchConfig, reporter: 
 
     from bench.sevenscenes import load_ground_truth, pose_file, revisit_split
     from datasets.sevenscenes import frame_number
-    from mapping.build import BuildConfig, build_map
+    from mapping.build import build_map
+    from mapping.cli import build_config
 
     root = Path(root)
+    build_cfg = build_config(cfg.features, None, cfg.device)
     if not root.is_dir():
         raise VlocError(f"7-Scenes folder {root} not found (pass --root)")
     recs = load_ground_truth(root, "sfm", "01", reporter)
@@ -55,13 +57,14 @@ def prepare_7scenes(root: Path, workdir: Path, cfg: ServeBenchConfig, reporter: 
                         f"with blocks of {cfg.block}: not enough frames")
     pf = pose_file(root, "sfm")
     key = hashlib.sha1(json.dumps([str(root.resolve()), pf.stat().st_size, pf.stat().st_mtime_ns,
-                                   [r.name for r in map_recs], repr(BuildConfig())]).encode()).hexdigest()[:12]
+                                   [r.name for r in map_recs], repr(build_cfg.feature_config()),
+                                   repr(build_cfg)]).encode()).hexdigest()[:12]
     bundle = Path(workdir) / f"{root.name}-{key}" / "map"
     t0 = time.perf_counter()
     if not (bundle / "manifest.json").is_file():
         reporter.log(f"building the map of {len(map_recs)} frames (revisit map frames) -> {bundle}")
         bundle.parent.mkdir(parents=True, exist_ok=True)
-        build_map(root, map_recs, bundle, BuildConfig(), pose_file=pf, pose_format="pgt", reporter=reporter)
+        build_map(root, map_recs, bundle, build_cfg, pose_file=pf, pose_format="pgt", reporter=reporter)
     else:
         reporter.log(f"using the cached map {bundle}")
     frames = [QueryFrame(r.name, _jpeg_bytes(root / r.name), r.camera, r.cam_from_world) for r in query_recs]
@@ -82,16 +85,19 @@ def prepare_generated(workdir: Path, cfg: ServeBenchConfig, reporter: Reporter =
     from datasets.synthetic import generate_scene, write_dataset
 
     t0 = time.perf_counter()
-    base = Path(workdir) / f"generated-s{cfg.gen_seed}-m{cfg.gen_map_frames}"
+    base = Path(workdir) / (f"generated-s{cfg.gen_seed}-m{cfg.gen_map_frames}"
+                            + ("" if cfg.features == "sift" else f"-{cfg.features}"))
     if scene is None:
         scene = generate_scene(seed=cfg.gen_seed)
     if bundle is None:
         bundle = base / "map"
         if not (bundle / "manifest.json").is_file():
-            from mapping.build import BuildConfig, build_map
+            from mapping.build import build_map
+            from mapping.cli import build_config
             reporter.log(f"building a generated room map ({cfg.gen_map_frames} frames) -> {bundle}")
             records = write_dataset(scene, base / "images", cfg.gen_map_frames)
-            build_map(base / "images", records, bundle, BuildConfig(), reporter=reporter)
+            build_map(base / "images", records, bundle, build_config(cfg.features, None, cfg.device),
+                      reporter=reporter)
     qdir = Path(workdir) / f"queries-s{scene.seed}-p1-{cfg.gen_query_frames}"
     if not (qdir / "pgt_sfm_seq01.txt").is_file():
         write_dataset(scene, qdir, cfg.gen_query_frames, pass_id=1)

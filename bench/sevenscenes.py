@@ -265,18 +265,18 @@ def load_ground_truth(root: Path, gt: str, seq: str = "01", reporter: Reporter =
 
 def run_7scenes_bench(root: Path, out_json: Path | None = Path("bench-results/7scenes.json"), repeats: int = 1,
                       cfg: Bench7ScenesConfig = Bench7ScenesConfig(), reporter: Reporter = QUIET,
-                      workdir: Path | None = None) -> dict:
+                      workdir: Path | None = None, maps_dir: Path | None = None) -> dict:
     """Run both protocols against both ground truths, plus the degradations; write JSON + CDF plot.
 
     Returns the result dict (the JSON).  Per-query errors stay out of the JSON; use
     :func:`run_7scenes_bench_full` to get them.
     """
-    return run_7scenes_bench_full(root, out_json, repeats, cfg, reporter, workdir)[0]
+    return run_7scenes_bench_full(root, out_json, repeats, cfg, reporter, workdir, maps_dir)[0]
 
 
 def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-results/7scenes.json"),
                            repeats: int = 1, cfg: Bench7ScenesConfig = Bench7ScenesConfig(),
-                           reporter: Reporter = QUIET, workdir: Path | None = None
+                           reporter: Reporter = QUIET, workdir: Path | None = None, maps_dir: Path | None = None
                            ) -> tuple[dict, dict[str, QueryRun]]:
     """As :func:`run_7scenes_bench`, also returning the per-query runs keyed ``protocol/gt`` and
     ``degraded/name``."""
@@ -284,7 +284,7 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
     from datasets.sevenscenes import frame_number
     from localize.config import LocalizerConfig
     from localize.localizer import Localizer
-    from mapping.build import BuildConfig, build_map
+    from mapping.build import BuildConfig
 
     root = Path(root)
     if not root.is_dir():
@@ -316,6 +316,9 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
         },
         "degradation_params": {k: DEGRADATION_NOTES[k] for k in cfg.degradations},
         "localizer_config": asdict(loc_cfg),
+        "features": build_cfg.feature_type,
+        "build_config": {"feature_type": build_cfg.feature_type, "features": build_cfg.feature_config(),
+                         "learned": asdict(build_cfg.learned) if build_cfg.learned_features else None},
     }
     with tempfile.TemporaryDirectory(prefix="vloc-bench7-", dir=workdir) as tmp:
         for protocol in PROTOCOLS:
@@ -328,10 +331,9 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
                 query_recs = [by_n[n] for n in split.queries]
                 reporter.log(f"{protocol}/{gt}: building a map of {len(map_recs)} images, "
                              f"{len(query_recs)} queries")
-                bundle = Path(tmp) / f"{protocol}_{gt}"
                 t0 = time.perf_counter()
-                manifest = build_map(root, map_recs, bundle, build_cfg, pose_file=pose_file(root, gt, cfg.seq),
-                                     pose_format="pgt")
+                bundle, manifest = _map(Path(maps_dir or tmp), f"{protocol}_{gt}", root, map_recs, build_cfg,
+                                        pose_file(root, gt, cfg.seq), reporter)
                 stats = _map_stats(manifest, time.perf_counter() - t0)
                 P["map" if gt == "sfm" else f"map_{gt}"] = stats
                 localizer = Localizer(bundle, loc_cfg)
@@ -362,6 +364,22 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
         out_json.write_text(json.dumps(ordered, indent=2, allow_nan=False) + "\n")
         plot_cdf(runs, cdf_path(out_json))
     return ordered, runs
+
+
+def _map(folder: Path, name: str, root: Path, records: list[ImageRecord], build_cfg, pgt: Path,
+         reporter: Reporter) -> tuple[Path, dict]:
+    """The bundle of one protocol / ground truth: built into ``folder``, or the one a previous run
+    left there with the same images, poses and build settings (``--maps-dir``)."""
+    import hashlib
+
+    from bundleio import read_manifest
+    from mapping.build import build_map
+    key = hashlib.sha1(json.dumps([[r.name for r in records], pgt.stat().st_size, repr(build_cfg)]).encode())
+    bundle = Path(folder) / f"{name}_{build_cfg.feature_type}_{key.hexdigest()[:10]}"
+    if (bundle / "manifest.json").is_file():
+        reporter.log(f"  using the map built before: {bundle}")
+        return bundle, read_manifest(bundle)
+    return bundle, build_map(root, records, bundle, build_cfg, pose_file=pgt, pose_format="pgt")
 
 
 def cdf_path(out_json: Path) -> Path:
@@ -448,5 +466,9 @@ def markdown_table(result: dict) -> str:
             lines.append(f"{protocol} map (pgt_sfm): {mp['n_images']} images, {mp['n_points']} points, "
                          f"{mp['bytes_per_image'] / 1e3:.0f} kB/image, built in {mp['build_s']:.1f} s")
     m = result["machine"]
-    lines.append(f"{machine_line(m)}; repeats={result.get('repeats', 1)}")
+    lc = result.get("localizer_config", {})
+    feats = result.get("features", "sift")
+    how = f"features {feats}" + (f", matcher {lc.get('learned_matcher')}, device {lc.get('device')}"
+                                 if feats != "sift" else "")
+    lines.append(f"{machine_line(m)}; {how}; repeats={result.get('repeats', 1)}")
     return "\n".join(lines)
