@@ -23,6 +23,8 @@ class LocalizerConfig:
     #: learned sets: query keypoints and the longest side the network sees.
     learned_max_keypoints: int = 2048
     learned_max_image_side: int = 640
+    #: learned sets: "top_k" or "threshold" keypoints (see mapping.config.LearnedConfig).
+    learned_keypoint_selection: str = "top_k"
     #: learned sets with LightGlue: map images matched per query (each is one LightGlue pair).
     lightglue_top_k: int = 5
     #: learned sets: ratio test of the nearest-neighbour matcher (L2 distances of unit descriptors).

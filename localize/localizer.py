@@ -212,16 +212,16 @@ class Localizer:
 
     def _setup_learned(self) -> None:
         """Network, matcher and resident descriptors of a learned feature set (see LocalizerConfig)."""
-        from vision.backends import make_backend
+        from vision.backends import learned_kwargs, make_backend
         from vision.learned import LightGlueMatcher, resolve_device
         c, fs = self.cfg, self.map.feature_set
         if c.learned_matcher not in ("lightglue", "nn"):
             raise VlocError(f"unknown learned matcher {c.learned_matcher!r}: lightglue or nn")
         self.device = resolve_device(c.device)
         self.dtype = torch.float16 if c.fp16 and self.device.type == "cuda" else torch.float32
-        self.learned_backend = make_backend(fs.type, max_keypoints=c.learned_max_keypoints,
-                                            max_image_side=c.learned_max_image_side, device=c.device,
-                                            fp16=c.fp16)
+        self.learned_backend = make_backend(fs.type, **learned_kwargs(
+            fs.type, c.learned_max_keypoints, c.learned_max_image_side, c.device, c.fp16,
+            c.learned_keypoint_selection))
         self.matcher = None
         if c.learned_matcher == "lightglue":
             lg = "disk" if fs.type == "disk" else "aliked" if fs.type in ("aliked-n16", "aliked-n32") else None

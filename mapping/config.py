@@ -18,6 +18,11 @@ class LearnedConfig:
 
     #: keypoints kept per image (highest scores first).
     max_keypoints: int = 2048
+    #: ALIKED: "top_k" keeps the ``max_keypoints`` best local maxima (like SIFT's budget), "threshold"
+    #: only those scoring above the network's 0.2 (at most ``max_keypoints``; ~400 per 640x480 kitchen
+    #: frame). Measured (redkitchen block 0: 20-frame map, 5 frames between, CPU): top_k 3,804 points,
+    #: 0.19 cm median error (NN 2D-3D) vs threshold 836 points, 0.39 cm; LightGlue pairs cost ~3x.
+    keypoint_selection: str = "top_k"
     #: longest image side the network sees (larger images are downscaled; keypoints stay in input pixels).
     max_image_side: int = 1024
     #: "auto" (CUDA when there is one), "cpu" or "cuda" (falls back to CPU with one log line).
@@ -65,4 +70,5 @@ class BuildConfig:
         if not self.learned_features:
             return {"type": "sift", **self.features.__dict__}
         c = self.learned
-        return {"type": self.feature_type, "max_keypoints": c.max_keypoints, "max_image_side": c.max_image_side}
+        return {"type": self.feature_type, "max_keypoints": c.max_keypoints, "max_image_side": c.max_image_side,
+                "keypoint_selection": c.keypoint_selection}

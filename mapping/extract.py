@@ -14,7 +14,7 @@ from core.threads import kernel_threads
 from core.types import ImageRecord, VlocError
 from mapping.config import BuildConfig
 from mapping.stage_cache import StageCache, content_key
-from vision.backends import make_backend
+from vision.backends import learned_kwargs, make_backend
 from vision.features import FeatureBackend, Features
 
 
@@ -34,8 +34,8 @@ def feature_key(r: ImageRecord, image_sha: str, cfg: BuildConfig) -> str:
 def learned_backend(cfg: BuildConfig) -> FeatureBackend:
     """The build's learned backend (one network, shared by every image)."""
     c = cfg.learned
-    return make_backend(cfg.feature_type, max_keypoints=c.max_keypoints, max_image_side=c.max_image_side,
-                        device=c.device, fp16=c.fp16, batch_size=c.batch_size)
+    return make_backend(cfg.feature_type, **learned_kwargs(cfg.feature_type, c.max_keypoints, c.max_image_side,
+                                                           c.device, c.fp16, c.keypoint_selection, c.batch_size))
 
 
 def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
