@@ -17,7 +17,7 @@ from mapping.cli import build_config
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("features,keypoints,matchers", [("aliked", None, ("lightglue", "nn")),
+@pytest.mark.parametrize("features,keypoints,matchers", [("aliked", 1024, ("lightglue", "nn")),
                                                           ("disk", 512, ("nn",))])
 def test_redkitchen_learned_queries_within_5cm_5deg(tmp_path: Path, features, keypoints, matchers):
     from datasets.sevenscenes import frame_number
