@@ -31,9 +31,13 @@ def _faults_per_frame(env: dict) -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings")
 def test_sift_frames_fault_no_pages_after_import_but_do_with_glibc_defaults():
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
-    ours = _faults_per_frame(env)
+    # With glibc's defaults the faults depend on which of OpenCV's threads allocated first (a
+    # worker thread's arena is trimmed back to the kernel after each frame, the main arena's
+    # dynamic mmap threshold may settle instead): per run ~0.2 or 200-2,300 faults per frame,
+    # measured. So: the worst of five runs each way.
+    ours = max(_faults_per_frame(env) for _ in range(5))
     # a malloc tunable in the environment means the operator decides: vloc leaves glibc's defaults
-    defaults = _faults_per_frame({**env, "GLIBC_TUNABLES": "glibc.malloc.check=0"})
+    defaults = max(_faults_per_frame({**env, "GLIBC_TUNABLES": "glibc.malloc.check=0"}) for _ in range(5))
     assert defaults > 100, defaults   # the pyramid's buffers come back from the kernel each frame
     assert ours < 0.1 * defaults, (ours, defaults)
 
