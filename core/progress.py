@@ -1,7 +1,8 @@
 """Progress bars (rich) for long stages; quiet when disabled or not on a terminal."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,7 +12,8 @@ console = Console(stderr=True)
 
 
 class Reporter:
-    """Stage progress: ``for x in reporter.track(items, "matching"): ...`` and ``reporter.log(msg)``."""
+    """Stage progress: ``for x in reporter.track(items, "matching"): ...``, ``with reporter.stage(...)``
+    and ``reporter.log(msg)``."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -27,6 +29,18 @@ class Reporter:
             for x in items:
                 yield x
                 prog.advance(task)
+
+    @contextmanager
+    def stage(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """A bar the caller advances, for work that completes out of order in units of several
+        items (e.g. Dask tasks): ``with reporter.stage("features", n) as advance: ... advance(k)``."""
+        if not self.enabled:
+            yield lambda n=1: None
+            return
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as prog:
+            task = prog.add_task(description, total=total)
+            yield lambda n=1: prog.advance(task, n)
 
     def log(self, message: str) -> None:
         if self.enabled:

@@ -38,25 +38,75 @@ def learned_backend(cfg: BuildConfig) -> FeatureBackend:
                                                            c.device, c.fp16, c.keypoint_selection, c.batch_size))
 
 
+def load_features(cache: StageCache, key: str) -> Features | None:
+    """One image's features from the stage cache (None when absent or damaged)."""
+    hit = cache.get("features", key)
+    return None if hit is None else Features(hit["keypoints"], hit["scales"], hit["orientations"],
+                                             hit["descriptors"])
+
+
+def store_features(cache: StageCache, key: str, f: Features) -> None:
+    cache.put("features", key, keypoints=f.keypoints, scales=f.scales, orientations=f.orientations,
+              descriptors=f.descriptors)
+
+
+def read_gray(root: Path, r: ImageRecord):
+    """(H, W) uint8 image of a record, as every feature backend takes it."""
+    return read_image(Path(root) / r.name, r.camera, gray=True)
+
+
+def usable_or_fail(n_keypoints: list[int]) -> None:
+    """The build's check that some image has features (blank or unreadable images otherwise)."""
+    if all(n < 20 for n in n_keypoints):
+        raise VlocError("no image has usable local features (blank or unreadable images?)")
+
+
+def extract_batch(root: Path, records: list[ImageRecord], keys: list[str], cfg: BuildConfig, cache: StageCache,
+                  backend: FeatureBackend | None = None) -> list[int]:
+    """Features of a batch of images into ``cache`` (one process, e.g. a Dask task); an image whose
+    key is there already is skipped, so a batch rerun after a lost worker redoes only the rest.
+    Returns each image's keypoint count. SIFT runs image by image (the caller sets the kernel
+    threads: one, as in the in-process pool, gives identical features); a learned ``backend``
+    (default: a new one) takes the batch's images as one device batch."""
+    counts: list[int | None] = [None] * len(records)
+    for k, key in enumerate(keys):
+        if (hit := cache.get("features", key, names=("keypoints",))) is not None:
+            counts[k] = len(hit["keypoints"])
+    todo = [k for k, n in enumerate(counts) if n is None]
+    if not todo:
+        return counts  # type: ignore[return-value]
+    if not cfg.learned_features:
+        sift = backend or make_backend("sift", **cfg.features.__dict__)
+        for k in todo:
+            f = sift.extract(read_gray(root, records[k]))
+            store_features(cache, keys[k], f)
+            counts[k] = len(f)
+    else:
+        net = backend or learned_backend(cfg)
+        for k, f in zip(todo, net.extract_batch([read_gray(root, records[k]) for k in todo])):
+            store_features(cache, keys[k], f)
+            counts[k] = len(f)
+    return counts  # type: ignore[return-value]
+
+
 def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
                 cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> list[Features]:
     """Features of every record (from ``cache`` when an identical image was done before)."""
     keys = [feature_key(r, image_sha[r.name], cfg) for r in records] if cache is not None else [None] * len(records)
     feats: list[Features | None] = [None] * len(records)
     for k, key in enumerate(keys):
-        if key is not None and (hit := cache.get("features", key)) is not None:
-            feats[k] = Features(hit["keypoints"], hit["scales"], hit["orientations"], hit["descriptors"])
+        if key is not None:
+            feats[k] = load_features(cache, key)
     todo = [k for k, f in enumerate(feats) if f is None]
 
     def store(k: int, f: Features) -> Features:
         if keys[k] is not None:
-            cache.put("features", keys[k], keypoints=f.keypoints, scales=f.scales, orientations=f.orientations,
-                      descriptors=f.descriptors)
+            store_features(cache, keys[k], f)
         feats[k] = f
         return f
 
     def gray(k: int):
-        return read_image(Path(root) / records[k].name, records[k].camera, gray=True)
+        return read_gray(root, records[k])
 
     if todo and not cfg.learned_features:
         local = threading.local()  # OpenCV releases the GIL; one detector per thread
@@ -86,6 +136,5 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
 
         for _ in reporter.track(run(), "features", total=len(todo)):
             pass
-    if all(len(f) < 20 for f in feats):
-        raise VlocError("no image has usable local features (blank or unreadable images?)")
+    usable_or_fail([len(f) for f in feats])
     return feats  # type: ignore[return-value]

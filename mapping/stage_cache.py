@@ -34,7 +34,10 @@ def content_key(*parts) -> str:
 
 
 class StageCache:
-    """``get(stage, key)`` -> dict of arrays or None; ``put(stage, key, **arrays)``."""
+    """``get(stage, key)`` -> dict of arrays or None; ``put(stage, key, **arrays)``.
+
+    Several processes (Dask workers) may share one: writes are atomic renames and an entry's
+    content depends only on its key, so concurrent writers of the same key agree."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -44,15 +47,20 @@ class StageCache:
     def _path(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / f"{key}.npz"
 
-    def get(self, stage: str, key: str) -> dict[str, np.ndarray] | None:
+    def contains(self, stage: str, key: str) -> bool:
+        """Whether an entry exists (not read: :meth:`get` still checks it)."""
+        return self._path(stage, key).is_file()
+
+    def get(self, stage: str, key: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray] | None:
+        """The entry's arrays (only ``names`` when given: the others are not read), or None."""
         p = self._path(stage, key)
         if not p.is_file():
             self.misses += 1
             return None
         try:
             with np.load(p, allow_pickle=False) as z:
-                out = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):  # a damaged entry is recomputed, never trusted
+                out = {k: z[k] for k in (z.files if names is None else names)}
+        except (OSError, ValueError, EOFError, KeyError):  # a damaged entry is recomputed, never trusted
             p.unlink(missing_ok=True)
             self.misses += 1
             return None
