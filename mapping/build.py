@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pycolmap
@@ -28,7 +29,11 @@ from mapping.reconstruct import (
 )
 from mapping.stage_cache import StageCache
 from vision.features import Features
+from vision.matching import VerifiedPair
 from vision.retrieval import RetrievalIndex
+
+if TYPE_CHECKING:  # distributed loads only for a build on a cluster
+    from mapping.cluster import ClusterConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
 
@@ -146,14 +151,42 @@ class FeatureSetModel:
     timings: dict = field(default_factory=dict)
 
 
+class BuildStages(Protocol):
+    """Where the per-image and per-pair stages run: in this process (:data:`IN_PROCESS`, threads)
+    or as Dask tasks (:class:`mapping.dask_stages.DaskStages`); both give the same results under
+    the same stage-cache keys."""
+
+    def features(self, images_root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
+                 cache: StageCache | None, image_sha: dict[str, str] | None) -> list[Features]: ...
+
+    def matches(self, records: list[ImageRecord], feats: list[Features], pairs: list[tuple[int, int]], posed: bool,
+                cfg: BuildConfig, reporter: Reporter, cache: StageCache | None,
+                feature_keys: list[str] | None) -> dict[tuple[int, int], VerifiedPair]: ...
+
+
+class InProcessStages:
+    """Features and matches on this process's thread pools (``cfg.workers`` threads)."""
+
+    def features(self, images_root, records, cfg, reporter, cache, image_sha):
+        return extract_all(images_root, records, cfg, reporter, cache, image_sha)
+
+    def matches(self, records, feats, pairs, posed, cfg, reporter, cache, feature_keys):
+        return match_pairs(records, feats, pairs, posed, cfg, reporter, cache, feature_keys)
+
+
+IN_PROCESS = InProcessStages()
+
+
 def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter = QUIET,
-                    cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> FeatureSetModel:
+                    cache: StageCache | None = None, image_sha: dict[str, str] | None = None,
+                    stages: BuildStages = IN_PROCESS) -> FeatureSetModel:
     """Features -> pairs -> verified matches -> model (triangulated with the records' poses, or SfM
-    when they have none) -> compact model + retrieval index of the registered images."""
+    when they have none) -> compact model + retrieval index of the registered images.
+    ``stages``: where features and matches are computed (this process, or a Dask cluster)."""
     posed = all(r.cam_from_world is not None for r in records)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    feats = extract_all(images_root, records, cfg, reporter, cache, image_sha)
+    feats = stages.features(images_root, records, cfg, reporter, cache, image_sha)
     fkeys = [feature_key(r, image_sha[r.name], cfg) for r in records] if cache is not None else None
     timings["features_s"] = time.perf_counter() - t
 
@@ -175,7 +208,7 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
         pairs = pairs_from_similarity(index.similarity_matrix(), cfg.retrieval_pairs_k, cfg.sequential_window)
     if not pairs:
         raise VlocError("no overlapping image pairs found (are the poses in metres and do the views overlap?)")
-    verified = match_pairs(records, feats, pairs, posed, cfg, reporter, cache, fkeys)
+    verified = stages.matches(records, feats, pairs, posed, cfg, reporter, cache, fkeys)
     timings["matching_s"] = time.perf_counter() - t
     if not verified:
         raise VlocError("no image pair has enough verified matches")
@@ -249,13 +282,25 @@ def feature_set_entry(cfg: BuildConfig, path: str, s: FeatureSetModel) -> dict:
     return {"path": path, **entry, "statistics": {k: s.stats[k] for k in ("n_images", "n_points3D", "n_observations")}}
 
 
+def default_work_dir(out: Path) -> Path:
+    """The build's work directory when none is given and one is needed (a cluster build): a hidden
+    sibling of the bundle, the same one a job file uses by default (``.NAME.work/build``)."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.work" / "build"
+
+
 def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: BuildConfig = BuildConfig(),
               pose_file: Path | None = None, pose_format: str | None = None,
-              reporter: Reporter = QUIET, work_dir: Path | None = None) -> dict:
+              reporter: Reporter = QUIET, work_dir: Path | None = None,
+              cluster: ClusterConfig | None = None) -> dict:
     """Build a bundle at ``out`` from records (all posed, or all unposed). Returns the manifest.
 
     ``work_dir``: a :class:`~mapping.stage_cache.StageCache` directory; an interrupted build
     rerun with the same work_dir skips the images and pairs it had finished.
+    ``cluster``: compute features and matches as Dask tasks (:mod:`mapping.cluster`,
+    :mod:`mapping.dask_stages`) rather than on this process's threads; the work directory
+    (default :func:`default_work_dir`) must then be on a path every worker shares, like the
+    images. Same bundle data either way, and the work directory resumes across both.
     """
     t0 = time.perf_counter()
     records = resolve_images(images_root, records, reporter)
@@ -270,8 +315,12 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     cfg = replace(cfg, feature_type=bundle_io.canonical_name(cfg.feature_type))
 
     sources = source_checksums(images_root, records, pose_file)
-    cache = StageCache(work_dir) if work_dir is not None else None
-    s = reconstruct_set(images_root, records, cfg, reporter, cache, sources["images"])
+    if cluster is None:
+        cache = StageCache(work_dir) if work_dir is not None else None
+        s = reconstruct_set(images_root, records, cfg, reporter, cache, sources["images"])
+    else:
+        s = _reconstruct_on_cluster(images_root, records, cfg, reporter, work_dir or default_work_dir(out), cluster,
+                                    sources["images"])
     stats = s.stats
     set_entry = feature_set_entry(cfg, ".", s)
 
@@ -301,6 +350,23 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
         stats["bytes_per_image"] = stats["bytes_on_disk"] / max(1, len(s.names))
         bundle_io.write_manifest(tmp, manifest)
     return bundle_io.read_manifest(out)
+
+
+def _reconstruct_on_cluster(images_root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
+                            work_dir: Path, cluster: ClusterConfig, image_sha: dict[str, str]) -> FeatureSetModel:
+    """:func:`reconstruct_set` with features and matches as Dask tasks; the cluster's workers are
+    first asked whether they see the images and the work directory."""
+    from mapping.cluster import check_workers, n_workers, open_cluster
+    from mapping.dask_stages import DaskStages
+
+    work_dir, images_root = Path(work_dir).absolute(), Path(images_root).absolute()
+    with open_cluster(reporter=reporter, config=cluster) as client:
+        check_workers(client, images_root, [r.name for r in records], work_dir)
+        reporter.log(f"work directory {work_dir} (kept: a rerun resumes from it)")
+        stages = DaskStages(client, cluster)
+        s = reconstruct_set(images_root, records, cfg, reporter, StageCache(work_dir), image_sha, stages)
+        s.stats["cluster"] = {"scheduler": cluster.scheduler, "n_workers": n_workers(client), **stages.stats}
+    return s
 
 
 def _jsonable(x):
