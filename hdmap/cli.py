@@ -31,6 +31,12 @@ def build(
     features: str = typer.Option("sift", "--features", help="local features: sift | aliked (= aliked-n16) | "
                                  "aliked-n32 | aliked-t16 | disk; learned pairs are matched by LightGlue"),
     device: str = typer.Option("auto", "--device", help="learned features: auto | cpu | cuda"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="features and matching as Dask tasks: local "
+                                            "(a cluster on this machine) | tcp://HOST:PORT (a running `dask "
+                                            "scheduler`; images and work dir on a path every worker sees); "
+                                            "default: this process"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="with --scheduler local: worker processes "
+                                          "(default one per core); tcp: workers to wait for"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest statistics as JSON"),
 ) -> None:
@@ -38,10 +44,13 @@ def build(
     if config is not None:
         if images is not None or out is not None or poses is not None:
             raise VlocError("--config takes every option from the job file: drop --images/--out/--poses")
-        from hdmap.job import load_batch_config, run_batch
+        from hdmap.job import load_batch_config, run_batch, with_scheduler
         cfg_job = load_batch_config(config)
+        if scheduler is not None or workers is not None:  # where it runs: the flags win over the file
+            cfg_job = with_scheduler(cfg_job, scheduler, workers)
         done = run_batch(cfg_job, Reporter(enabled=not quiet))
         print(json.dumps({"bundle": str(cfg_job.out), "stages": done}) if as_json else
               f"map job done: {cfg_job.out} (" + ", ".join(f"{k} {v}" for k, v in done.items()) + ")")
         return
-    build_from_images(images, out, poses, poses_format, camera, sfm, max_keypoints, quiet, as_json, features, device)
+    build_from_images(images, out, poses, poses_format, camera, sfm, max_keypoints, quiet, as_json, features, device,
+                      scheduler, workers)

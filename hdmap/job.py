@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import bundleio as bundle_io
 from core.progress import QUIET, Reporter
@@ -52,6 +52,15 @@ class BuildSection(_Section):
     #: sift | aliked (= aliked-n16) | aliked-n32 | aliked-t16 | disk.
     features: str = "sift"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: where features and matching run: None / "none" (this process), "local" (a Dask cluster here)
+    #: or "tcp://HOST:PORT" (a running ``dask scheduler``). Not part of the stage key: same result.
+    scheduler: Optional[str] = None
+    #: Dask workers (local: processes to start; tcp: to wait for).
+    workers: Optional[int] = Field(None, ge=1)
+
+
+#: BuildSection fields that say where the build runs, not what it builds (left out of its key).
+WHERE_IT_RUNS = {"scheduler", "workers"}
 
 
 class GeorefSection(_Section):
@@ -178,7 +187,7 @@ def _build_key(cfg: BatchConfig) -> str:
 
     b = cfg.build
     records = _records(b)
-    return content_key("build", b.model_dump(mode="json"),
+    return content_key("build", b.model_dump(mode="json", exclude=WHERE_IT_RUNS),
                        source_checksums(b.images, _resolved(b.images, records), b.poses)["images"],
                        _file_sha(b.poses))
 
@@ -196,14 +205,22 @@ def _resolved(root: Path, records):
     return resolve_images(root, records)
 
 
+def with_scheduler(cfg: BatchConfig, scheduler: Optional[str], workers: Optional[int]) -> BatchConfig:
+    """The job with the build's scheduler / workers replaced (the CLI's flags over the file's)."""
+    update = {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
+    return cfg.model_copy(update={"build": cfg.build.model_copy(update=update)})
+
+
 def _run_build(cfg: BatchConfig, reporter: Reporter) -> None:
     from mapping.build import build_map
     from mapping.cli import build_config
+    from mapping.cluster import cluster_config
 
     b = cfg.build
+    cluster = cluster_config(b.scheduler, b.workers)
     bc = build_config(b.features, b.max_keypoints, b.device, b.sfm)
     build_map(b.images, _records(b), cfg.out, bc, pose_file=b.poses, pose_format=b.poses_format,
-              reporter=reporter, work_dir=cfg.work / "build")
+              reporter=reporter, work_dir=cfg.work / "build", cluster=cluster)
 
 
 def _run_georef(cfg: BatchConfig, reporter: Reporter) -> None:

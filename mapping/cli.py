@@ -83,10 +83,14 @@ def build_config(features: str = "sift", max_keypoints: Optional[int] = None, de
 def build_from_images(images: Optional[Path], out: Optional[Path], poses: Optional[Path],
                       poses_format: Optional[PoseFormat], camera: Optional[str], sfm: SfmMethod,
                       max_keypoints: Optional[int], quiet: bool, as_json: bool, features: str = "sift",
-                      device: str = "auto") -> None:
-    """`vloc map build` from flags (posed images, or SfM from unposed ones): build, then report."""
+                      device: str = "auto", scheduler: Optional[str] = None, workers: Optional[int] = None) -> None:
+    """`vloc map build` from flags (posed images, or SfM from unposed ones): build, then report.
+    ``scheduler``: None (this process), "local" or "tcp://HOST:PORT" (a Dask cluster; the work
+    directory is then the bundle's hidden sibling ``.NAME.work/build``, kept to resume)."""
     if images is None or out is None:
         raise VlocError("give --images and --out (or --config FILE)")
+    from mapping.cluster import cluster_config
+    cluster = cluster_config(scheduler, workers)
     cam = Camera.parse(camera) if camera else None
     if not images.is_dir():
         raise VlocError(f"--images {images} is not a directory")
@@ -95,7 +99,8 @@ def build_from_images(images: Optional[Path], out: Optional[Path], poses: Option
     from mapping.build import build_map
     reporter = Reporter(enabled=not quiet)
     manifest = build_map(images, records, out, cfg, pose_file=poses,
-                         pose_format=poses_format.value if poses_format else None, reporter=reporter)
+                         pose_format=poses_format.value if poses_format else None, reporter=reporter,
+                         cluster=cluster)
     s = manifest["statistics"]
     if as_json:
         print(json.dumps({"bundle": str(out), **s}))
