@@ -237,6 +237,33 @@ def test_a_worker_killed_mid_build_changes_nothing(frames, reference, queries, c
     assert_same_map(out, reference, queries)
 
 
+def test_losing_every_worker_ends_the_build_with_an_error_in_bounded_time(frames, cluster, tmp_path):
+    from core.camera import Camera
+    from core.types import VlocError
+    from datasets.posefile import load_poses
+    from mapping.build import build_map
+    from mapping.cluster import ClusterConfig
+
+    only = cluster.start("only")
+    cluster.wait(1)
+    records = load_poses(frames / "pgt_sfm_seq01.txt", "pgt",
+                         camera=Camera.parse((frames / "camera.txt").read_text().strip()))
+    features = tmp_path / "work" / "features"
+
+    def kill_after_first_features() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (features.is_dir() and any(features.rglob("*.npz"))):
+            time.sleep(0.02)
+        cluster.kill(only)
+
+    threading.Thread(target=kill_after_first_features, daemon=True).start()
+    t = time.monotonic()
+    with pytest.raises(VlocError, match="no Dask worker left"):
+        build_map(frames, records, tmp_path / "never", work_dir=tmp_path / "work",
+                  cluster=ClusterConfig(cluster.address, workers=1, no_worker_timeout_s=3))
+    assert time.monotonic() - t < 60 and not (tmp_path / "never").exists()
+
+
 def test_unreachable_scheduler_is_one_error_line_and_keeps_the_bundle(frames, reference, tmp_path):
     out = tmp_path / "existing"
     shutil.copytree(reference, out)
