@@ -149,23 +149,25 @@ def open_cluster(scheduler: str = "local", workers: int | None = None, *, report
         try:
             client.wait_for_workers(want, timeout=cfg.worker_wait_s)
         except TimeoutError:
-            have = len(client.scheduler_info().get("workers", {}))
+            have = n_workers(client)
             raise VlocError(f"the Dask scheduler at {cfg.scheduler} has {have} worker(s), {want} wanted, after "
                             f"{cfg.worker_wait_s:.0f} s: start them with `dask worker {cfg.scheduler}`") from None
-        have = len(client.scheduler_info().get("workers", {}))
+        have = n_workers(client)
         _announce(client, f"Dask scheduler {cfg.scheduler}: {have} worker(s)", reporter)
         yield client
 
 
 def _announce(client: Client, what: str, reporter: Reporter) -> None:
-    services = client.scheduler_info().get("services", {})
+    services = client.scheduler_info(n_workers=0).get("services", {})
     has_bokeh = importlib.util.find_spec("bokeh") is not None  # the dashboard's pages need it
     dashboard = f", dashboard {client.dashboard_link}" if "dashboard" in services and has_bokeh else ""
     reporter.log(what + dashboard)
 
 
 def n_workers(client: Client) -> int:
-    return len(client.scheduler_info().get("workers", {}))
+    """Workers the scheduler has now (asked, without each one's details)."""
+    info = client.scheduler_info(n_workers=0)
+    return int(info.get("n_workers", len(info.get("workers", {}))))
 
 
 def probe_paths(images_root: str, image_names: list[str], work_dir: str) -> str | None:

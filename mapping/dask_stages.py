@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -170,7 +171,7 @@ class DaskStages:
         if not futures:
             return
         ac = as_completed(list(futures), loop=self.client.loop)
-        alone_since = None
+        alone_since, checked = None, time.monotonic()
         try:
             with reporter.stage(f"{stage} ({len(futures)} Dask task{'s' * (len(futures) != 1)})", total) as advance:
                 while not ac.is_empty():
@@ -180,22 +181,28 @@ class DaskStages:
                         advance(futures[fut])
                     if done:
                         continue
-                    alone_since = self._check_alive(alone_since, stage)
                     time.sleep(0.1)
+                    if time.monotonic() - checked < 1.0:  # the cluster is asked at most once a second
+                        continue
+                    checked = time.monotonic()
+                    problem = self._alone()
+                    alone_since = None if problem is None else alone_since or checked
+                    if problem and checked - alone_since > self.cluster.no_worker_timeout_s:
+                        raise VlocError(f"the build {problem} for {self.cluster.no_worker_timeout_s:.0f} s during "
+                                        f"{stage}; rerun to resume from the work directory")
         finally:
-            self.client.cancel([f for f in futures if not f.done()])
+            if self.client.status == "running":  # nothing to cancel on a lost connection
+                self.client.cancel([f for f in futures if not f.done()])
 
-    def _check_alive(self, alone_since: float | None, stage: str) -> float | None:
-        if self.client.status not in ("running", "connecting") or n_workers(self.client) == 0:
-            now = time.monotonic()
-            alone_since = alone_since or now
-            if now - alone_since > self.cluster.no_worker_timeout_s:
-                what = ("lost its connection to the Dask scheduler" if self.client.status not in ("running",
-                        "connecting") else "has no Dask worker left")
-                raise VlocError(f"the build {what} for {self.cluster.no_worker_timeout_s:.0f} s during {stage}; "
-                                "rerun to resume from the work directory")
-            return alone_since
-        return None
+    def _alone(self) -> str | None:
+        """What keeps the tasks from running (no connection, no worker), or None."""
+        lost = "lost its connection to the Dask scheduler"
+        if self.client.status not in ("running", "connecting"):
+            return lost
+        try:
+            return "has no Dask worker left" if n_workers(self.client) == 0 else None
+        except (OSError, TimeoutError):
+            return lost
 
     @staticmethod
     def _result(fut: Future, stage: str):
@@ -204,4 +211,7 @@ class DaskStages:
         except KilledWorker as e:
             raise VlocError(f"Dask gave up a {stage} task: the workers running it died ({e}); out of memory? "
                             "rerun to resume from the work directory") from None
+        except CancelledError:
+            raise VlocError(f"a {stage} task was cancelled (the scheduler restarted or the connection to it was "
+                            "lost); rerun to resume from the work directory") from None
 
