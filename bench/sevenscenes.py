@@ -175,6 +175,8 @@ class Bench7ScenesConfig:
     build: BuildConfig | None = None            # None = BuildConfig()
     localizer: LocalizerConfig | None = None    # None = LocalizerConfig() (read at run time)
     degradations: tuple[str, ...] = tuple(DEGRADATIONS)
+    #: which protocols run: "revisit" (with the degradations), "dense", "cv" (cross-validated folds).
+    protocols: tuple[str, ...] = ("revisit", "dense")
 
     def split(self, protocol: str, frames: Iterable[int]) -> Split:
         if protocol == "revisit":
@@ -289,6 +291,8 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
     root = Path(root)
     if not root.is_dir():
         raise VlocError(f"7-Scenes folder {root} not found (pass --root)")
+    if not cfg.protocols or any(p not in ("revisit", "dense", "cv") for p in cfg.protocols):
+        raise VlocError(f"protocols must be among revisit, dense, cv; got {list(cfg.protocols)}")
     unknown = [d for d in cfg.degradations if d not in DEGRADATIONS]
     if unknown:
         raise VlocError(f"unknown degradation(s) {unknown}; known: {list(DEGRADATIONS)}")
@@ -321,7 +325,15 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
                          "learned": asdict(build_cfg.learned) if build_cfg.learned_features else None},
     }
     with tempfile.TemporaryDirectory(prefix="vloc-bench7-", dir=workdir) as tmp:
-        for protocol in PROTOCOLS:
+        if "cv" in cfg.protocols:
+            from bench.sevenscenes_cv import run_cv
+            result["protocol"]["cv"] = (f"blocks of {cfg.block} frames; each non-empty proper subset of the blocks "
+                                        f"is one fold's map (n % {cfg.revisit_stride} == 0), queries: the "
+                                        f"other blocks' n % {cfg.revisit_stride} == 0 frames; pgt_sfm; mean over "
+                                        "folds, worst = the fold with the lowest 2 cm / 1 deg share")
+            result["cv"] = run_cv(root, gts, build_cfg, loc_cfg, cfg.block, cfg.revisit_stride, repeats,
+                                  cfg.noise_seed, reporter, Path(maps_dir or tmp))
+        for protocol in [p for p in PROTOCOLS if p in cfg.protocols]:
             P: dict = {"gt": {}}
             for gt in GROUND_TRUTHS:
                 recs = gts[gt]
@@ -356,7 +368,7 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
             result[protocol] = P
     result["bench_s"] = time.perf_counter() - t_start
     # key order: machine, revisit, dense, degraded first, then the notes
-    ordered = {k: result[k] for k in ("machine", "revisit", "dense", "degraded") if k in result}
+    ordered = {k: result[k] for k in ("machine", "revisit", "dense", "degraded", "cv") if k in result}
     ordered.update({k: v for k, v in result.items() if k not in ordered})
     if out_json:
         out_json = Path(out_json)
@@ -459,6 +471,13 @@ def markdown_table(result: dict) -> str:
             rows.append(row(protocol, gt, m))
     for name, m in result.get("degraded", {}).items():
         rows.append(row(f"revisit + {name}", "sfm", m))
+    cv = result.get("cv") or {}
+    for f in cv.get("folds", []):
+        rows.append(row(f"cv map {f['map_blocks']} -> {f['query_blocks']} ({f['accepted_beyond_15cm_5deg']} accepted "
+                        f"beyond 15 cm / 5 deg)", "sfm", f["metrics"]))
+    if cv.get("mean"):
+        rows.append(row("**cv mean**", "sfm", cv["mean"]))
+        rows.append(row("cv worst fold", "sfm", cv["worst"]))
     lines = ["\n".join(rows), ""]
     for protocol in PROTOCOLS:
         mp = result.get(protocol, {}).get("map")

@@ -232,3 +232,33 @@ def test_cli_reports_missing_pgt_file(tmp_path) -> None:
     r = CliRunner().invoke(app, ["bench", "7scenes", "--root", str(tmp_path), "--json", str(tmp_path / "x.json")])
     assert r.exit_code == 2
     assert "error:" in r.output or "error:" in (r.stderr if hasattr(r, "stderr") else "")
+
+
+def test_cv_folds_cover_every_proper_subset_of_blocks_including_one_pass_maps():
+    from bench.sevenscenes_cv import cv_folds
+    folds = cv_folds(range(300), block=100, stride=5)
+    assert [(m, q) for m, q, _ in folds] == [([0], [1, 2]), ([1], [0, 2]), ([2], [0, 1]),
+                                             ([0, 1], [2]), ([0, 2], [1]), ([1, 2], [0])]
+    for m, q, split in folds:
+        assert not set(split.map) & set(split.queries)
+        assert all(n % 5 == 0 and n // 100 in m for n in split.map)
+        assert all(n % 5 == 0 and n // 100 in q for n in split.queries)
+    assert cv_folds(range(100)) == []  # one block: nothing to hold out
+
+
+def test_cv_mean_worst_and_confident_wrong_answers():
+    import math
+
+    import numpy as np
+
+    from bench.sevenscenes import QueryRun
+    from bench.sevenscenes_cv import accepted_beyond, mean_metrics, worst_fold
+    run = QueryRun(["a", "b", "c", "d"], np.array([0.01, 0.20, math.inf, 0.02]), np.array([0.5, 1.0, math.inf, 6.0]),
+                   [True, True, False, True], ["ok", "ok", "rejected", "ok"])
+    assert accepted_beyond(run) == 2  # 20 cm, and 6 deg; the rejected one does not count
+    a = {"pct_2cm_1deg": 90.0, "median_t_cm": 0.5, "latency_ms": {"p50": 30.0}}
+    b = {"pct_2cm_1deg": 70.0, "median_t_cm": 1.5, "latency_ms": {"p50": 40.0}}
+    c = {"pct_2cm_1deg": 70.0, "median_t_cm": None, "latency_ms": {"p50": 35.0}}
+    assert mean_metrics([a, b]) == {"pct_2cm_1deg": 80.0, "median_t_cm": 1.0, "latency_ms": {"p50": 35.0}}
+    assert mean_metrics([a, c])["median_t_cm"] is None  # a fold that missed half its queries
+    assert worst_fold([{"metrics": a}, {"metrics": b}, {"metrics": c}]) is c  # same share, larger median

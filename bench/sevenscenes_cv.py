@@ -1,0 +1,102 @@
+"""`vloc bench 7scenes --protocol cv`: cross-validated localization over blocks of frames.
+
+The frames present are cut into blocks of ``block`` consecutive frame numbers (7-Scenes sequences
+are passes through the room; the shared 300 frames make three blocks). Each fold maps some
+blocks (their ``n % stride == 0`` frames) and queries every ``stride``-th frame of the others:
+every non-empty proper subset of the blocks is one fold's map, so the folds include one-pass maps
+queried from the other passes. Per fold: the metrics object of the other protocols plus the
+number of accepted poses beyond 15 cm / 5 deg (confident wrong answers); then the mean over
+folds and the worst fold (lowest share within 2 cm / 1 deg). Settings are chosen on the mean,
+never on the ``revisit`` queries.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from bench.sevenscenes import QueryRun, Split
+
+#: an accepted pose beyond these is a confident wrong answer.
+WRONG_T_M, WRONG_R_DEG = 0.15, 5.0
+
+
+def cv_folds(frames: Iterable[int], block: int = 100, stride: int = 5) -> list[tuple[list[int], list[int], Split]]:
+    """(map blocks, query blocks, Split) for every non-empty proper subset of the blocks present."""
+    fs = sorted(set(int(n) for n in frames))
+    blocks = sorted({n // block for n in fs})
+    out = []
+    for r in range(1, len(blocks)):
+        for chosen in itertools.combinations(blocks, r):
+            others = [b for b in blocks if b not in chosen]
+            kept = [n for n in fs if n % stride == 0]
+            split = Split(map=[n for n in kept if n // block in chosen], queries=[n for n in kept if n // block in others])
+            if len(split.map) >= 2 and split.queries:
+                out.append((list(chosen), others, split))
+    return out
+
+
+def accepted_beyond(run: QueryRun, t_m: float = WRONG_T_M, r_deg: float = WRONG_R_DEG) -> int:
+    """Accepted queries whose pose is off by more than ``t_m`` or ``r_deg``."""
+    t, r = np.asarray(run.t_err_m), np.asarray(run.r_err_deg)
+    acc = np.asarray(run.accepted, bool)
+    return int(np.count_nonzero(acc & ((t > t_m) | (r > r_deg))))
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if len(vals) == len(values) and vals else None
+
+
+def mean_metrics(ms: list[dict]) -> dict:
+    """Field-wise mean of metrics objects (numbers; a field missing or None in a fold is None);
+    latency fields (p50, p90, stages) averaged the same way."""
+    out: dict = {}
+    for key in ms[0]:
+        vals = [m.get(key) for m in ms]
+        if isinstance(vals[0], dict):
+            out[key] = mean_metrics(vals)
+        elif all(isinstance(v, (int, float)) or v is None for v in vals):
+            out[key] = _mean(vals)
+        else:
+            out[key] = vals[0]
+    return out
+
+
+def worst_fold(folds: list[dict]) -> dict:
+    """The metrics of the fold with the lowest share within 2 cm / 1 deg (then the largest median)."""
+    def badness(f: dict):
+        m = f["metrics"]
+        return (m.get("pct_2cm_1deg") or 0.0, -(m.get("median_t_cm") or math.inf))
+    return min(folds, key=badness)["metrics"]
+
+
+def run_cv(root: Path, gts: dict, build_cfg, loc_cfg, block: int, stride: int, repeats: int, noise_seed: int,
+           reporter, maps_dir: Path, gt: str = "sfm") -> dict:
+    """Every fold against ground truth ``gt``: ``{"folds": [...], "mean": M, "worst": M}``."""
+    from bench.sevenscenes import _map, pose_file, read_rgb, run_queries
+    from datasets.sevenscenes import frame_number
+    from localize.localizer import Localizer
+
+    recs = gts[gt]
+    by_n = {frame_number(r.name): r for r in recs}
+    folds = []
+    for map_blocks, query_blocks, split in cv_folds(by_n, block, stride):
+        name = "cv_" + "-".join(str(b) for b in map_blocks)
+        reporter.log(f"cv fold: map blocks {map_blocks} ({len(split.map)} images), query blocks {query_blocks} "
+                     f"({len(split.queries)} queries)")
+        bundle, _ = _map(maps_dir, f"{name}_{gt}", root, [by_n[n] for n in split.map], build_cfg,
+                         pose_file(root, gt), reporter)
+        loc = Localizer(bundle, loc_cfg)
+        query_recs = [by_n[n] for n in split.queries]
+        images = [read_rgb(root / r.name, r.camera) for r in query_recs]
+        run = run_queries(loc, images, query_recs, None, repeats, noise_seed, reporter, name)
+        folds.append({"map_blocks": map_blocks, "query_blocks": query_blocks, "metrics": run.metrics(),
+                      "accepted_beyond_15cm_5deg": accepted_beyond(run)})
+        del loc
+    if not folds:
+        return {"folds": [], "mean": None, "worst": None}
+    return {"folds": folds, "mean": mean_metrics([f["metrics"] for f in folds]), "worst": worst_fold(folds)}
