@@ -5,31 +5,51 @@ height), which LightGlue needs to match a query against map images; SIFT sets le
 (their pixels are in ``model/``)."""
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
 
 
-def write_features_h5(path: Path, names: list[str], descriptors: list[np.ndarray],
+def write_features_h5(path: Path, names: list[str], descriptors: Iterable[np.ndarray],
                       point3d_ids: list[np.ndarray], points_id: np.ndarray, points_xyz: np.ndarray,
                       image_centres: np.ndarray, keypoints: list[np.ndarray] | None = None,
                       image_sizes: np.ndarray | None = None) -> None:
     """Write the flat observation arrays (see module docstring). Lists are per image, same order as names;
-    ``keypoints`` (per image (n, 2)) and ``image_sizes`` ((N, 2) width, height) are optional."""
+    ``keypoints`` (per image (n, 2)) and ``image_sizes`` ((N, 2) width, height) are optional.
+
+    ``descriptors``: per image (n_k, D), any iterable (e.g. read back from disk one image at a time):
+    its rows stream into the table a few chunks at a time, never all in memory; image k has
+    ``len(point3d_ids[k])`` rows."""
+    counts = [len(p) for p in point3d_ids]
+    if len(counts) != len(names):
+        raise ValueError(f"{len(counts)} point-id arrays for {len(names)} images")
     offsets = np.zeros(len(names) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(d) for d in descriptors])
-    desc = np.concatenate(descriptors) if descriptors else np.zeros((0, 128), np.uint8)
+    offsets[1:] = np.cumsum(counts)
     ids = np.concatenate(point3d_ids) if point3d_ids else np.zeros(0, np.int64)
     if len(ids) and ids.max() >= 2 ** 31:
         raise ValueError("3D point ids beyond int32")
+    blocks = iter(descriptors)
+    first = next(blocks, None)
+    dim, dtype = (128, np.uint8) if first is None else (first.shape[1], first.dtype)
+
+    def rows_of_each_image() -> Iterator[np.ndarray]:
+        for k, block in enumerate(itertools.chain([] if first is None else [first], blocks)):
+            if k >= len(counts) or len(block) != counts[k]:
+                raise ValueError(f"descriptors of image {k}: {len(block)} rows, {counts[k] if k < len(counts) else 0} "
+                                 "point ids")
+            yield block
+
     with h5py.File(path, "w") as f:
         f.attrs["layout"] = "flat-observations-v1"
-        write_compressed(f, "descriptors", desc)
+        write_compressed_rows(f, "descriptors", rows_of_each_image(), int(offsets[-1]), dim, dtype)
         f.create_dataset("point3D_ids", data=ids.astype(np.int32))
         f.create_dataset("image_offsets", data=offsets)
         f.create_dataset("image_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
@@ -60,27 +80,68 @@ def write_compressed(f: h5py.File, name: str, data: np.ndarray, chunk_rows: int 
     deflate filter writes. Shuffle is left out there: it does nothing to one-byte elements.
     Other dtypes (float descriptors) go through HDF5's gzip + shuffle filters.
     """
-    if len(data) == 0:  # HDF5 cannot chunk an empty dataset
-        f.create_dataset(name, data=data)
-        return
-    rows = min(len(data), chunk_rows)
-    if data.dtype != np.uint8 or len(data) <= rows:
-        f.create_dataset(name, data=data, compression="gzip", compression_opts=level, shuffle=data.dtype != np.uint8,
-                         chunks=(rows, data.shape[1]))
-        return
-    ds = f.create_dataset(name, shape=data.shape, dtype=data.dtype, chunks=(rows, data.shape[1]),
-                          compression="gzip", compression_opts=level)
-    starts = range(0, len(data), rows)
+    write_compressed_rows(f, name, [data], len(data), data.shape[1], data.dtype, chunk_rows, level, workers)
 
-    def deflate(start: int) -> bytes:
-        chunk = data[start:start + rows]
+
+def write_compressed_rows(f: h5py.File, name: str, blocks: Iterable[np.ndarray], n_rows: int, dim: int, dtype,
+                          chunk_rows: int = DESCRIPTOR_CHUNK_ROWS, level: int = DESCRIPTOR_GZIP_LEVEL,
+                          workers: int = max(1, os.cpu_count() or 1)) -> None:
+    """:func:`write_compressed` of the rows of ``blocks`` ((n_k, dim) arrays, ``n_rows`` in all), taken
+    one block at a time: the dataset's bytes are those of the blocks' concatenation, and only the
+    chunks being deflated (a few per worker) are in memory."""
+    dtype = np.dtype(dtype)
+    chunks = _full_chunks(blocks, n_rows, min(max(1, n_rows), chunk_rows), dim, dtype)
+    if n_rows == 0:  # HDF5 cannot chunk an empty dataset
+        for _ in chunks:  # (checks that the blocks are empty)
+            pass
+        f.create_dataset(name, data=np.zeros((0, dim), dtype))
+        return
+    rows = min(n_rows, chunk_rows)
+    if dtype != np.uint8 or n_rows <= rows:
+        ds = f.create_dataset(name, shape=(n_rows, dim), dtype=dtype, compression="gzip", compression_opts=level,
+                              shuffle=dtype != np.uint8, chunks=(rows, dim))
+        for start, chunk in chunks:  # whole chunks in order: each is filtered and stored once
+            ds[start:start + len(chunk)] = chunk
+        return
+    ds = f.create_dataset(name, shape=(n_rows, dim), dtype=dtype, chunks=(rows, dim),
+                          compression="gzip", compression_opts=level)
+
+    def deflate(chunk: np.ndarray) -> bytes:
         if len(chunk) < rows:  # HDF5 stores edge chunks at full size
-            chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), data.shape[1]), data.dtype)])
+            chunk = np.concatenate([chunk, np.zeros((rows - len(chunk), dim), dtype)])
         return zlib.compress(np.ascontiguousarray(chunk).tobytes(), level)
 
     with ThreadPoolExecutor(workers) as ex:
-        for start, blob in zip(starts, ex.map(deflate, starts)):
-            ds.id.write_direct_chunk((start, 0), blob)
+        pending: collections.deque = collections.deque()  # deflating while the next chunks are gathered
+        for start, chunk in chunks:
+            pending.append((start, ex.submit(deflate, chunk)))
+            while len(pending) > 2 * workers:
+                start0, blob = pending.popleft()
+                ds.id.write_direct_chunk((start0, 0), blob.result())
+        for start0, blob in pending:
+            ds.id.write_direct_chunk((start0, 0), blob.result())
+
+
+def _full_chunks(blocks: Iterable[np.ndarray], n_rows: int, rows: int, dim: int, dtype: np.dtype
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, chunk) of ``rows`` rows each (the last one shorter) from blocks of any length."""
+    buf, fill, start = np.empty((rows, dim), dtype), 0, 0
+    for block in blocks:
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[1] != dim:
+            raise ValueError(f"a block of shape {block.shape} in a table of {dim} columns")
+        pos = 0
+        while pos < len(block):
+            take = min(rows - fill, len(block) - pos)
+            buf[fill:fill + take] = block[pos:pos + take]
+            fill, pos = fill + take, pos + take
+            if fill == rows:
+                yield start, buf.copy()
+                start, fill = start + rows, 0
+    if fill:
+        yield start, buf[:fill].copy()
+    if start + fill != n_rows:
+        raise ValueError(f"{start + fill} rows given for a table of {n_rows}")
 
 
 @dataclass
