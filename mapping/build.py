@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
 import pycolmap
@@ -15,10 +15,12 @@ import bundleio as bundle_io
 from core import __version__
 from core.camera import Camera
 from core.geometry import Rigid3
+from core.memory import process_peak_rss_bytes
 from core.progress import QUIET, Reporter
 from core.types import ImageRecord, VlocError
 from mapping.config import BuildConfig
 from mapping.extract import extract_all, feature_key
+from mapping.feature_store import FeatureStore, ObservedDescriptors
 from mapping.match import lightglue_features, match_pairs
 from mapping.pairs import pairs_exhaustive, pairs_from_poses, pairs_from_similarity
 from mapping.reconstruct import (
@@ -27,8 +29,8 @@ from mapping.reconstruct import (
     structure_from_motion,
     triangulate_known_poses,
 )
+from mapping.retrieval_index import build_retrieval_index
 from mapping.stage_cache import StageCache
-from vision.features import Features
 from vision.matching import VerifiedPair
 from vision.retrieval import RetrievalIndex
 
@@ -77,25 +79,28 @@ def list_images(root: Path) -> list[str]:
                   if p.is_file() and p.suffix in IMAGE_EXTS and not p.name.startswith("."))
 
 
-def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feats: list[Features]):
-    """Model with only observing 2D points per registered image, plus the matching feature rows.
+def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feats: FeatureStore):
+    """Model with only observing 2D points per registered image, and which feature rows they are.
 
-    Returns (compact Reconstruction, names, keypoints, descriptors, point3D_ids) in image order.
+    Returns (compact Reconstruction, names, keypoints, point3D_ids, rows) in image order; rows[k]:
+    (feature index in ``feats``, (n,) keypoint rows) of registered image k, whose descriptors are
+    read from ``feats`` only when the bundle is written (:class:`ObservedDescriptors`). Only each
+    image's keypoints are read here.
     """
     out = pycolmap.Reconstruction()
     for cam_id, cam in rec.cameras.items():
         out.add_camera_with_trivial_rig(cam)
     name_to_idx = {r.name: k for k, r in enumerate(records)}
-    names, kps, descs, pids = [], [], [], []
+    names, kps, pids, rows = [], [], [], []
     obs_image, obs_row = [], []
     for image_id in sorted(rec.reg_image_ids()):
         im = rec.image(image_id)
         idx = np.sort(np.asarray(im.get_observation_point2D_idxs(), np.int64))
         if len(idx) == 0:
             continue
-        f = feats[name_to_idx[im.name]]
+        i = name_to_idx[im.name]
         points2d = im.points2D
-        new_kp = f.keypoints[idx].astype(np.float64)   # the model's 2D points are these keypoints
+        new_kp = feats.keypoints(i)[idx].astype(np.float64)   # the model's 2D points are these keypoints
         ids = np.fromiter((points2d[k].point3D_id for k in idx.tolist()), np.int64, len(idx))
         new_im = pycolmap.Image(name=im.name, keypoints=new_kp, camera_id=im.camera_id, image_id=image_id)
         out.add_image_with_trivial_frame(new_im, im.cam_from_world())
@@ -103,8 +108,8 @@ def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feat
         obs_row.append(np.arange(len(ids), dtype=np.int64))
         names.append(im.name)
         kps.append(new_kp.astype(np.float32))
-        descs.append(f.descriptors[idx])
         pids.append(ids)
+        rows.append((i, idx))
     # tracks of the compact model, points in order of first observation
     all_pid = np.concatenate(pids) if pids else np.zeros(0, np.int64)
     all_image, all_row = (np.concatenate(obs_image), np.concatenate(obs_row)) if pids else (all_pid, all_pid)
@@ -121,7 +126,7 @@ def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feat
         id_map[int(uniq[u])] = out.add_point3D(p.xyz, track, p.color)
     pids = [np.array([id_map[int(x)] for x in ids], np.int64) for ids in pids]
     out.update_point_3d_errors()
-    return out, names, kps, descs, pids
+    return out, names, kps, pids, rows
 
 
 def source_checksums(root: Path, records: list[ImageRecord], pose_file: Path | None) -> dict:
@@ -137,13 +142,15 @@ class FeatureSetModel:
     """One feature set reconstructed: the compact model and its observation table, in image order.
 
     keypoints / descriptors / point3d_ids: per registered image, the 2D points that observe a 3D
-    point (keypoints (n, 2) float32 COLMAP pixels). sizes: (N, 2) width, height of each image.
+    point (keypoints (n, 2) float32 COLMAP pixels). ``descriptors`` of a build with a work directory
+    are read from it image by image when asked (:class:`ObservedDescriptors`), so writing the bundle
+    never holds them all. sizes: (N, 2) width, height of each image.
     """
 
     model: pycolmap.Reconstruction
     names: list[str]
     keypoints: list[np.ndarray]
-    descriptors: list[np.ndarray]
+    descriptors: Sequence[np.ndarray]
     point3d_ids: list[np.ndarray]
     sizes: np.ndarray
     index: RetrievalIndex
@@ -154,24 +161,32 @@ class FeatureSetModel:
 class BuildStages(Protocol):
     """Where the per-image and per-pair stages run: in this process (:data:`IN_PROCESS`, threads)
     or as Dask tasks (:class:`mapping.dask_stages.DaskStages`); both give the same results under
-    the same stage-cache keys."""
+    the same stage-cache keys. Features and matches come back as stores: held in memory (no cache)
+    or read back from the cache when a later stage asks."""
 
     def features(self, images_root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
-                 cache: StageCache | None, image_sha: dict[str, str] | None) -> list[Features]: ...
+                 cache: StageCache | None, image_sha: dict[str, str] | None) -> FeatureStore: ...
 
-    def matches(self, records: list[ImageRecord], feats: list[Features], pairs: list[tuple[int, int]], posed: bool,
+    def matches(self, records: list[ImageRecord], feats: FeatureStore, pairs: list[tuple[int, int]], posed: bool,
                 cfg: BuildConfig, reporter: Reporter, cache: StageCache | None,
-                feature_keys: list[str] | None) -> dict[tuple[int, int], VerifiedPair]: ...
+                feature_keys: list[str] | None) -> Mapping[tuple[int, int], VerifiedPair]: ...
+
+    def retrieval(self, names: list[str], feats: FeatureStore, cfg: BuildConfig, reporter: Reporter
+                  ) -> RetrievalIndex: ...
 
 
 class InProcessStages:
-    """Features and matches on this process's thread pools (``cfg.workers`` threads)."""
+    """Features and matches on this process's thread pools (``cfg.workers`` threads); the retrieval
+    index on the calling thread."""
 
     def features(self, images_root, records, cfg, reporter, cache, image_sha):
         return extract_all(images_root, records, cfg, reporter, cache, image_sha)
 
     def matches(self, records, feats, pairs, posed, cfg, reporter, cache, feature_keys):
         return match_pairs(records, feats, pairs, posed, cfg, reporter, cache, feature_keys)
+
+    def retrieval(self, names, feats, cfg, reporter):
+        return build_retrieval_index(names, feats.descriptors, feats.counts, cfg.retrieval)
 
 
 IN_PROCESS = InProcessStages()
@@ -192,7 +207,7 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
 
     def build_index() -> RetrievalIndex:
         t = time.perf_counter()
-        index = RetrievalIndex.build([r.name for r in records], [f.descriptors for f in feats], cfg.retrieval)
+        index = stages.retrieval([r.name for r in records], feats, cfg, reporter)
         timings["retrieval_s"] = time.perf_counter() - t
         return index
 
@@ -214,21 +229,27 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
         raise VlocError("no image pair has enough verified matches")
 
     t = time.perf_counter()
+    # the COLMAP database and the posed model take each image's keypoints, read one image at a time
+    keypoints = feats.keypoint_view() if feats.streams else list(feats)
     with tempfile.TemporaryDirectory(prefix="vloc-build-") as work, ThreadPoolExecutor(1) as side:
         sfm_used = None
         if posed:
             pending_index = side.submit(build_index)
-            rec = triangulate_known_poses(records, feats, verified, Path(work), cfg.reconstruction)
+            rec = triangulate_known_poses(records, keypoints, verified, Path(work), cfg.reconstruction)
             index = pending_index.result()
         else:
-            rec, sfm_used = structure_from_motion(records, feats, verified, Path(work), cfg.reconstruction)
+            rec, sfm_used = structure_from_motion(records, keypoints, verified, Path(work), cfg.reconstruction)
     removed = filter_points(rec, cfg.reconstruction)
     if rec.num_points3D() == 0:
         raise VlocError("every triangulated point failed the track-length / reprojection filter")
     rec.extract_colors_for_all_images(str(images_root))
     timings["reconstruction_s"] = time.perf_counter() - t
 
-    compact, names, kps, descs, pids = compact_model(rec, records, feats)
+    t = time.perf_counter()
+    compact, names, kps, pids, rows = compact_model(rec, records, feats)
+    descs = ObservedDescriptors(feats, rows)
+    if not feats.streams:  # held in memory anyway: keep only the observing rows, as before
+        descs = list(descs)
     errs = observation_errors(compact, names, kps, pids)
     registered = set(names)
     stats = {
@@ -241,7 +262,7 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
         "reprojection_error_px": {"mean": float(errs.mean()), "median": float(np.median(errs)),
                                   "p90": float(np.percentile(errs, 90))},
         "n_pairs": len(pairs), "n_verified_pairs": len(verified), "n_points_filtered": removed,
-        "mean_keypoints_per_image": float(np.mean([len(f) for f in feats])),
+        "mean_keypoints_per_image": float(np.mean(feats.counts)),
         **({"sfm_method_used": sfm_used} if sfm_used else {}),
     }
     keep = [k for k, n in enumerate(index.names) if n in registered]
@@ -250,6 +271,7 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
         if len(keep) != len(index.names) or names != index.names else index
     cam_of = {r.name: r.camera for r in records}
     sizes = np.array([[cam_of[n].width, cam_of[n].height] for n in names], np.int32).reshape(-1, 2)
+    timings["compaction_s"] = time.perf_counter() - t
     return FeatureSetModel(compact, names, kps, descs, pids, sizes, index, stats, timings)
 
 
@@ -325,9 +347,13 @@ def build_map(images_root: Path, records: list[ImageRecord], out: Path, cfg: Bui
     set_entry = feature_set_entry(cfg, ".", s)
 
     with bundle_io.atomic_directory(out) as tmp:
+        t = time.perf_counter()
         write_set(tmp, s, with_keypoints=cfg.learned_features)
+        s.timings["write_s"] = time.perf_counter() - t
         stats["build_seconds"] = time.perf_counter() - t0
         stats["timings"] = s.timings
+        if "cluster" in stats:  # this process's peak, the bundle written (the workers report theirs)
+            stats["cluster"]["client_peak_rss_bytes"] = process_peak_rss_bytes()
         manifest = {
             "vloc_version": __version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -360,12 +386,15 @@ def _reconstruct_on_cluster(images_root: Path, records: list[ImageRecord], cfg: 
     from mapping.dask_stages import DaskStages
 
     work_dir, images_root = Path(work_dir).absolute(), Path(images_root).absolute()
+    t = time.perf_counter()
     with open_cluster(reporter=reporter, config=cluster) as client:
         check_workers(client, images_root, [r.name for r in records], work_dir)
         reporter.log(f"work directory {work_dir} (kept: a rerun resumes from it)")
         stages = DaskStages(client, cluster)
+        start_s = time.perf_counter() - t
         s = reconstruct_set(images_root, records, cfg, reporter, StageCache(work_dir), image_sha, stages)
-        s.stats["cluster"] = {"scheduler": cluster.scheduler, "n_workers": n_workers(client), **stages.stats}
+        s.timings["cluster_start_s"] = start_s
+        s.stats["cluster"] = {"scheduler": cluster.scheduler, "n_workers": n_workers(client), **stages.summary()}
     return s
 
 

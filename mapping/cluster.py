@@ -50,6 +50,8 @@ class ClusterConfig:
     images_per_task: int = 8
     #: image pairs per matching + verification task.
     pairs_per_task: int = 64
+    #: images per retrieval-index task (the vocabulary's sample rows, then VLAD vectors).
+    images_per_index_task: int = 64
     #: seconds to reach the scheduler.
     connect_timeout_s: float = 10.0
     #: seconds to wait for the scheduler's workers to join.
@@ -62,8 +64,8 @@ class ClusterConfig:
             raise VlocError(f"--scheduler must be local or tcp://HOST:PORT, got {self.scheduler!r}")
         if self.workers is not None and self.workers < 1:
             raise VlocError(f"--workers must be at least 1, got {self.workers}")
-        if self.images_per_task < 1 or self.pairs_per_task < 1:
-            raise VlocError("images_per_task and pairs_per_task must be at least 1")
+        if self.images_per_task < 1 or self.pairs_per_task < 1 or self.images_per_index_task < 1:
+            raise VlocError("images_per_task, pairs_per_task and images_per_index_task must be at least 1")
 
 
 def cluster_config(scheduler: str | None, workers: int | None = None) -> ClusterConfig | None:

@@ -13,6 +13,7 @@ from core.progress import Reporter
 from core.threads import kernel_threads
 from core.types import ImageRecord, VlocError
 from mapping.config import BuildConfig
+from mapping.feature_store import FeatureStore, store_features
 from mapping.stage_cache import StageCache, content_key
 from vision.backends import learned_kwargs, make_backend
 from vision.features import FeatureBackend, Features
@@ -36,18 +37,6 @@ def learned_backend(cfg: BuildConfig) -> FeatureBackend:
     c = cfg.learned
     return make_backend(cfg.feature_type, **learned_kwargs(cfg.feature_type, c.max_keypoints, c.max_image_side,
                                                            c.device, c.fp16, c.keypoint_selection, c.batch_size))
-
-
-def load_features(cache: StageCache, key: str) -> Features | None:
-    """One image's features from the stage cache (None when absent or damaged)."""
-    hit = cache.get("features", key)
-    return None if hit is None else Features(hit["keypoints"], hit["scales"], hit["orientations"],
-                                             hit["descriptors"])
-
-
-def store_features(cache: StageCache, key: str, f: Features) -> None:
-    cache.put("features", key, keypoints=f.keypoints, scales=f.scales, orientations=f.orientations,
-              descriptors=f.descriptors)
 
 
 def read_gray(root: Path, r: ImageRecord):
@@ -90,20 +79,25 @@ def extract_batch(root: Path, records: list[ImageRecord], keys: list[str], cfg: 
 
 
 def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, reporter: Reporter,
-                cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> list[Features]:
-    """Features of every record (from ``cache`` when an identical image was done before)."""
+                cache: StageCache | None = None, image_sha: dict[str, str] | None = None) -> FeatureStore:
+    """Features of every record (from ``cache`` when an identical image was done before).
+
+    With a ``cache`` each image's features go there and are not kept: the store reads them back
+    when a later stage needs them. Without one they are held in memory."""
     keys = [feature_key(r, image_sha[r.name], cfg) for r in records] if cache is not None else [None] * len(records)
     feats: list[Features | None] = [None] * len(records)
+    counts: list[int | None] = [None] * len(records)
     for k, key in enumerate(keys):
-        if key is not None:
-            feats[k] = load_features(cache, key)
-    todo = [k for k, f in enumerate(feats) if f is None]
+        if key is not None and (hit := cache.get("features", key, names=("keypoints",))) is not None:
+            counts[k] = len(hit["keypoints"])
+    todo = [k for k, n in enumerate(counts) if n is None]
 
-    def store(k: int, f: Features) -> Features:
+    def store(k: int, f: Features) -> None:
         if keys[k] is not None:
             store_features(cache, keys[k], f)
-        feats[k] = f
-        return f
+        else:
+            feats[k] = f
+        counts[k] = len(f)
 
     def gray(k: int):
         return read_gray(root, records[k])
@@ -111,10 +105,10 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
     if todo and not cfg.learned_features:
         local = threading.local()  # OpenCV releases the GIL; one detector per thread
 
-        def one(k: int) -> Features:
+        def one(k: int) -> None:
             if not hasattr(local, "backend"):
                 local.backend = make_backend("sift", **cfg.features.__dict__)
-            return store(k, local.backend.extract(gray(k)))
+            store(k, local.backend.extract(gray(k)))
 
         with worker_pool(cfg.workers) as ex:
             list(reporter.track(ex.map(one, todo), "features", total=len(todo)))
@@ -136,5 +130,7 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
 
         for _ in reporter.track(run(), "features", total=len(todo)):
             pass
-    usable_or_fail([len(f) for f in feats])
-    return feats  # type: ignore[return-value]
+    usable_or_fail(counts)  # type: ignore[arg-type]
+    if cache is None:
+        return FeatureStore.in_memory(feats)  # type: ignore[arg-type]
+    return FeatureStore.from_cache(cache, keys, counts, [r.name for r in records])  # type: ignore[arg-type]

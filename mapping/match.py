@@ -13,9 +13,10 @@ import numpy as np
 
 from core.geometry import Rigid3
 from core.progress import Reporter
-from core.types import ImageRecord
+from core.types import ImageRecord, VlocError
 from mapping.config import BuildConfig
 from mapping.extract import worker_pool
+from mapping.feature_store import FeatureStore
 from mapping.stage_cache import StageCache, content_key
 from vision.features import Features
 from vision.matching import (
@@ -157,15 +158,49 @@ def int8_cache_images(mean_keypoints: float) -> int:
     return max(2, INT8_CACHE_BYTES // (128 * max(1, int(mean_keypoints))))
 
 
-def match_pairs(records: list[ImageRecord], feats: list[Features], pairs: list[tuple[int, int]],
+class MatchStore(Mapping[tuple[int, int], VerifiedPair]):
+    """The verified pairs of a build (pair order), each pair's matches read back from the stage cache
+    when asked: what the COLMAP database is written from, one pair at a time.
+
+    pairs: the verified pairs; keys: their stage-cache keys (same order)."""
+
+    def __init__(self, cache: StageCache, pairs: list[tuple[int, int]], keys: list[str]) -> None:
+        self.cache, self.pairs = cache, list(pairs)
+        self.keys = dict(zip(self.pairs, keys))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self):
+        return iter(self.pairs)
+
+    def __contains__(self, pair) -> bool:
+        return pair in self.keys
+
+    def __getitem__(self, pair: tuple[int, int]) -> VerifiedPair:
+        found, vp = load_matches(self.cache, self.keys[pair])
+        if not found or vp is None:
+            raise VlocError(f"the matches of pair {pair} are missing from the work directory {self.cache.root} "
+                            "(deleted during the build?); rerun to compute them again")
+        return vp
+
+
+def match_pairs(records: list[ImageRecord], feats: FeatureStore, pairs: list[tuple[int, int]],
                 posed: bool, cfg: BuildConfig, reporter: Reporter, cache: StageCache | None = None,
-                feature_keys: list[str] | None = None) -> dict[tuple[int, int], VerifiedPair]:
+                feature_keys: list[str] | None = None) -> Mapping[tuple[int, int], VerifiedPair]:
     """Verified matches of each pair (from ``cache`` when the same pair was verified before), on a
-    pool of ``cfg.workers`` threads."""
+    pool of ``cfg.workers`` threads. With a ``cache`` the matches stay there (a :class:`MatchStore`
+    reads them back); without one they are returned in a dict."""
     # int8 RootSIFT once per image (kept for the most recent images within the budget) rather than
     # per pair; exact scores come from the uint8 rows that need them.
-    mean_kp = np.mean([len(f) for f in feats]) if feats else 1
+    mean_kp = np.mean(feats.counts) if len(feats) else 1
     matcher = PairMatcher(records, feats.__getitem__, posed, cfg, cache, feature_keys, int8_cache_images(mean_kp))
+    verified: list[tuple[int, int]] = []
+    held: dict[tuple[int, int], VerifiedPair] = {}
     with worker_pool(cfg.workers) as ex:
-        results = list(reporter.track(ex.map(matcher, pairs), "matching", total=len(pairs)))
-    return {p: vp for p, vp in results if vp is not None}
+        for p, vp in reporter.track(ex.map(matcher, pairs), "matching", total=len(pairs)):
+            if vp is not None:
+                verified.append(p)
+                if cache is None:
+                    held[p] = vp
+    return held if cache is None else MatchStore(cache, verified, [matcher.key(p) for p in verified])
