@@ -106,6 +106,39 @@ def scale(sizes: str = typer.Option("100,1000,5000", "--sizes", help="map sizes 
         print(f"\nJSON: {json_out}")
 
 
+@app.command("mapping-scale")
+@user_errors
+def mapping_scale(images: str = typer.Option("1000,5000,20000", "--images",
+                                             help="map sizes in images, comma-separated"),
+                  workers: str = typer.Option("1,2", "--workers", help="Dask worker processes, comma-separated "
+                                              "(a LocalCluster on this machine per build)"),
+                  queries: int = typer.Option(30, "--queries", min=1, help="query frames localized per map"),
+                  workdir: Path = typer.Option(Path("bench-results/scale-cache"), "--workdir",
+                                               help="rendered rooms (shared with `bench scale`), maps, work dirs"),
+                  json_out: Optional[Path] = typer.Option(Path("bench-results/mapping_scale.json"), "--json"),
+                  map_keypoints: int = typer.Option(1500, "--map-keypoints", min=100,
+                                                    help="SIFT keypoints per map image"),
+                  keep_work: bool = typer.Option(False, "--keep-work", help="keep each build's work directory")
+                  ) -> None:
+    """Map building at building scale on a local Dask cluster: time per stage, peak memory per worker
+    and client, bundle size, queries against each map; per 1,000 images and growth."""
+    from bench.building import ScaleConfig
+    from bench.mapping_scale import MappingScaleConfig, markdown_table, run_mapping_scale_bench
+    from core.progress import Reporter
+    try:
+        sizes = [int(s) for s in images.split(",") if s.strip()]
+        worker_counts = [int(w) for w in workers.split(",") if w.strip()]
+    except ValueError:
+        raise VlocError(f"--images and --workers take comma-separated integers, got {images!r} / {workers!r}") \
+            from None
+    cfg = MappingScaleConfig(building=ScaleConfig(map_keypoints=map_keypoints), n_queries=queries,
+                             keep_work=keep_work)
+    res = run_mapping_scale_bench(sizes, worker_counts, workdir, json_out, cfg, reporter=Reporter())
+    print(markdown_table(res))
+    if json_out:
+        print(f"\nJSON: {json_out}")
+
+
 @app.command("sweep")
 @user_errors
 def sweep(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen", "--root", help="7-Scenes layout folder"),
