@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
+from bench.splits import Split
 from core.accuracy import THRESHOLDS, accuracy_metrics, query_errors  # noqa: F401  (part of this bench's API)
 from core.camera import Camera
 from core.imageio import read_image
@@ -55,14 +56,6 @@ PROTOCOLS = ("revisit", "dense")
 # --------------------------------------------------------------------------------------------------
 # protocol splits (pure)
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Split:
-    """Frame numbers of the map images and of the queries (sorted, disjoint)."""
-
-    map: list[int]
-    queries: list[int]
-
-
 def revisit_split(frames: Iterable[int], block: int = 100, stride: int = 5) -> Split:
     """Map: frames in even blocks (``n // block``) with ``n % stride == 0``; queries: odd blocks, same stride."""
     fs = sorted(set(int(n) for n in frames))
@@ -331,8 +324,17 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
                                         f"is one fold's map (n % {cfg.revisit_stride} == 0), queries: the "
                                         f"other blocks' n % {cfg.revisit_stride} == 0 frames; pgt_sfm; mean over "
                                         "folds, worst = the fold with the lowest 2 cm / 1 deg share")
-            result["cv"] = run_cv(root, gts, build_cfg, loc_cfg, cfg.block, cfg.revisit_stride, repeats,
-                                  cfg.noise_seed, reporter, Path(maps_dir or tmp))
+            by_n = {frame_number(r.name): r for r in gts["sfm"]}
+
+            def run_fold(name: str, map_ns: list[int], query_ns: list[int]) -> QueryRun:
+                bundle, _ = _map(Path(maps_dir or tmp), f"{name}_sfm", root, [by_n[n] for n in map_ns], build_cfg,
+                                 pose_file(root, "sfm", cfg.seq), reporter)
+                query_recs = [by_n[n] for n in query_ns]
+                images = [read_rgb(root / r.name, r.camera) for r in query_recs]
+                return run_queries(Localizer(bundle, loc_cfg), images, query_recs, None, repeats, cfg.noise_seed,
+                                   reporter, name)
+
+            result["cv"] = run_cv(by_n, cfg.block, cfg.revisit_stride, run_fold, reporter)
         for protocol in [p for p in PROTOCOLS if p in cfg.protocols]:
             P: dict = {"gt": {}}
             for gt in GROUND_TRUTHS:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
-from bench.sevenscenes import QueryRun, Split
+from bench.splits import Split
 
 #: an accepted pose beyond these is a confident wrong answer.
 WRONG_T_M, WRONG_R_DEG = 0.15, 5.0
@@ -39,8 +38,9 @@ def cv_folds(frames: Iterable[int], block: int = 100, stride: int = 5) -> list[t
     return out
 
 
-def accepted_beyond(run: QueryRun, t_m: float = WRONG_T_M, r_deg: float = WRONG_R_DEG) -> int:
-    """Accepted queries whose pose is off by more than ``t_m`` or ``r_deg``."""
+def accepted_beyond(run, t_m: float = WRONG_T_M, r_deg: float = WRONG_R_DEG) -> int:
+    """Accepted queries of ``run`` (a QueryRun: t_err_m, r_err_deg, accepted per query) whose pose is off by
+    more than ``t_m`` or ``r_deg``."""
     t, r = np.asarray(run.t_err_m), np.asarray(run.r_err_deg)
     acc = np.asarray(run.accepted, bool)
     return int(np.count_nonzero(acc & ((t > t_m) | (r > r_deg))))
@@ -74,29 +74,19 @@ def worst_fold(folds: list[dict]) -> dict:
     return min(folds, key=badness)["metrics"]
 
 
-def run_cv(root: Path, gts: dict, build_cfg, loc_cfg, block: int, stride: int, repeats: int, noise_seed: int,
-           reporter, maps_dir: Path, gt: str = "sfm") -> dict:
-    """Every fold against ground truth ``gt``: ``{"folds": [...], "mean": M, "worst": M}``."""
-    from bench.sevenscenes import _map, pose_file, read_rgb, run_queries
-    from datasets.sevenscenes import frame_number
-    from localize.localizer import Localizer
-
-    recs = gts[gt]
-    by_n = {frame_number(r.name): r for r in recs}
+def run_cv(by_n: dict, block: int, stride: int, run_fold: Callable[[str, list[int], list[int]], object],
+           reporter) -> dict:
+    """Every fold over the frames ``by_n`` (frame number -> record): ``run_fold(name, map frame numbers,
+    query frame numbers)`` builds the fold's map and returns its QueryRun; the result is
+    ``{"folds": [...], "mean": M, "worst": M}``."""
     folds = []
     for map_blocks, query_blocks, split in cv_folds(by_n, block, stride):
         name = "cv_" + "-".join(str(b) for b in map_blocks)
         reporter.log(f"cv fold: map blocks {map_blocks} ({len(split.map)} images), query blocks {query_blocks} "
                      f"({len(split.queries)} queries)")
-        bundle, _ = _map(maps_dir, f"{name}_{gt}", root, [by_n[n] for n in split.map], build_cfg,
-                         pose_file(root, gt), reporter)
-        loc = Localizer(bundle, loc_cfg)
-        query_recs = [by_n[n] for n in split.queries]
-        images = [read_rgb(root / r.name, r.camera) for r in query_recs]
-        run = run_queries(loc, images, query_recs, None, repeats, noise_seed, reporter, name)
+        run = run_fold(name, split.map, split.queries)
         folds.append({"map_blocks": map_blocks, "query_blocks": query_blocks, "metrics": run.metrics(),
                       "accepted_beyond_15cm_5deg": accepted_beyond(run)})
-        del loc
     if not folds:
         return {"folds": [], "mean": None, "worst": None}
     return {"folds": folds, "mean": mean_metrics([f["metrics"] for f in folds]), "worst": worst_fold(folds)}
