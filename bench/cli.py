@@ -62,17 +62,28 @@ def sevenscenes(root: Path = typer.Option(DEFAULT_SHARED / "7scenes-redkitchen",
                 matcher: str = typer.Option("lightglue", "--matcher", help="learned features at query time: "
                                             "lightglue | nn (mutual nearest neighbours 2D-3D)"),
                 maps_dir: Optional[Path] = typer.Option(None, "--maps-dir", help="keep the built maps here and "
-                                                        "reuse them on the next run (same images and settings)")
+                                                        "reuse them on the next run (same images and settings)"),
+                protocol: list[str] = typer.Option(["revisit", "dense"], "--protocol",
+                                                   help="revisit | dense | cv (repeat or comma-separate): cv = "
+                                                        "folds of 100-frame blocks, mean and worst fold"),
+                degradations: Optional[str] = typer.Option(None, "--degradations",
+                                                           help="comma-separated subset of the revisit degradations "
+                                                                "('' for none; default all)"),
                 ) -> None:
-    """Localization on a 7-Scenes scene: revisit + dense protocols x {pgt_sfm, pgt_dslam}, degradations."""
+    """Localization on a 7-Scenes scene: revisit + dense protocols x {pgt_sfm, pgt_dslam}, degradations;
+    `--protocol cv` adds cross-validated folds."""
     from bench.sevenscenes import Bench7ScenesConfig, cdf_path, markdown_table, run_7scenes_bench
     from core.progress import Reporter
     from localize.config import LocalizerConfig
     from mapping.cli import build_config
     if matcher not in ("lightglue", "nn"):
         raise VlocError(f"--matcher must be lightglue or nn, got {matcher!r}")
+    protocols = tuple(p.strip() for item in protocol for p in item.split(",") if p.strip())
+    extra = {} if degradations is None else {
+        "degradations": tuple(d.strip() for d in degradations.split(",") if d.strip())}
     cfg = Bench7ScenesConfig(build=build_config(features, None, device),
-                             localizer=LocalizerConfig(device=device, learned_matcher=matcher))
+                             localizer=LocalizerConfig(device=device, learned_matcher=matcher),
+                             protocols=protocols, **extra)
     res = run_7scenes_bench(root, json_out, repeats, cfg, reporter=Reporter(), maps_dir=maps_dir)
     print(markdown_table(res))
     if json_out:

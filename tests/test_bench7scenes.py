@@ -262,3 +262,18 @@ def test_cv_mean_worst_and_confident_wrong_answers():
     assert mean_metrics([a, b]) == {"pct_2cm_1deg": 80.0, "median_t_cm": 1.0, "latency_ms": {"p50": 35.0}}
     assert mean_metrics([a, c])["median_t_cm"] is None  # a fold that missed half its queries
     assert worst_fold([{"metrics": a}, {"metrics": b}, {"metrics": c}]) is c  # same share, larger median
+
+
+def test_protocol_flag_is_checked_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from vloc.cli import app
+    r = CliRunner().invoke(app, ["bench", "7scenes", "--root", str(tmp_path), "--protocol", "revisit,bogus",
+                                 "--json", str(tmp_path / "x.json")])
+    assert r.exit_code == 2
+    assert "protocols must be among revisit, dense, cv" in r.output
+    r = CliRunner().invoke(app, ["bench", "7scenes", "--root", str(tmp_path), "--protocol", "cv",
+                                 "--degradations", "fog", "--json", str(tmp_path / "x.json")])
+    assert r.exit_code == 2
+    assert "unknown degradation" in r.output
+    assert not (tmp_path / "x.json").exists()
