@@ -51,6 +51,9 @@ class PartitionConfig:
     #: this fraction of the scene depth ...
     max_centre_residual: float = 0.03
     #: ... or their median rotation residual exceeds this (degrees) ...
+    #: (measured on the generated loops, clusters of 12-13 and 34-57 images: centre residuals
+    #: 0.1-0.9 % of the depth, rotations 0.05-0.56 deg, 91-99 % inliers; the bars catch wrong
+    #: models, not the few-mm disagreement the global adjustment removes)
     max_rotation_residual_deg: float = 2.0
     #: ... or fewer than this fraction of the correspondences are RANSAC inliers.
     min_inlier_ratio: float = 0.5

@@ -244,16 +244,9 @@ def partitioned_triangulation(records: list[ImageRecord], features: list[Feature
     parts = [p for p in parts if p.verified]
     run_cfg = per_worker(cfg, pcfg.workers, len(parts))
 
-    def one(k: int) -> pycolmap.Reconstruction | None:
-        p = parts[k]
-        try:
-            return triangulate_known_poses(p.records, p.features, p.verified, fresh_folder(workdir, f"tile{k:03d}"),
-                                           run_cfg)
-        except VlocError:  # no point in this tile: its pairs may still be triangulated in a neighbour
-            return None
-
     with ThreadPoolExecutor(max(1, pcfg.workers)) as ex:
-        found = list(ex.map(one, range(len(parts))))
+        found = list(ex.map(lambda k: triangulate_tile(parts[k], fresh_folder(workdir, f"tile{k:03d}"), run_cfg),
+                            range(len(parts))))
     models = [m for m in found if m is not None]
     t1 = time.perf_counter()
     merged, stats = merge_posed(models, records, features, cfg)
@@ -263,6 +256,20 @@ def partitioned_triangulation(records: list[ImageRecord], features: list[Feature
                  part_points=[0 if m is None else m.num_points3D() for m in found],
                  timings={"parts_s": t1 - t0, "merge_s": time.perf_counter() - t1})
     return merged, stats
+
+
+def triangulate_tile(part: PartInputs, folder: Path, cfg: ReconstructionConfig) -> pycolmap.Reconstruction | None:
+    """One tile triangulated with its records' fixed ``cam_from_world``
+    (:func:`mapping.reconstruct.triangulate_known_poses` in ``folder``), written to ``folder/model``
+    (what a Dask task would hand back: Reconstructions do not pickle); None when the tile yields no
+    point (its pairs may still be triangulated in a neighbouring tile)."""
+    try:
+        model = triangulate_known_poses(part.records, part.features, part.verified, Path(folder), cfg)
+    except VlocError:
+        return None
+    (Path(folder) / "model").mkdir(exist_ok=True)
+    model.write_binary(str(Path(folder) / "model"))
+    return model
 
 
 def fresh_folder(workdir: Path, name: str) -> Path:

@@ -25,7 +25,15 @@ import pycolmap
 from core.geometry import Rigid3, Sim3, estimate_sim3_robust, rotation_angle_deg
 from core.types import ImageRecord, VlocError
 from mapping.partition import PartitionConfig, partition_view_graph
-from mapping.partition_merge import Pairs, bundle_adjust, fresh_folder, merge_tracks, part_inputs, per_worker
+from mapping.partition_merge import (
+    Pairs,
+    PartInputs,
+    bundle_adjust,
+    fresh_folder,
+    merge_tracks,
+    part_inputs,
+    per_worker,
+)
 from mapping.reconstruct import (
     ReconstructionConfig,
     filter_points,
@@ -40,22 +48,39 @@ from vision.features import Features
 
 def reconstruct_clusters(records: list[ImageRecord], features: list[Features], verified: Pairs,
                          clusters: list[np.ndarray], workdir: Path, cfg: ReconstructionConfig,
-                         workers: int = 1) -> list[pycolmap.Reconstruction]:
+                         workers: int = 1, seconds: list[float] | None = None) -> list[pycolmap.Reconstruction]:
     """Incremental SfM of each cluster (its images and the verified pairs among them), each in
     ``workdir/clusterNNN``, ``workers`` at a time; each model in its own arbitrary frame.
-    A cluster that registers no image raises VlocError."""
-    cfg = replace(per_worker(cfg, workers, len(clusters)), sfm_method="incremental")
+    A cluster that registers no image raises VlocError. ``seconds``: filled with each cluster's
+    wall time (what one worker per cluster would take)."""
+    cfg = per_worker(cfg, workers, len(clusters))
 
-    def one(k: int) -> pycolmap.Reconstruction:
-        p = part_inputs(clusters[k], records, features, verified)
-        try:
-            return structure_from_motion([replace(r, cam_from_world=None) for r in p.records], p.features,
-                                         p.verified, fresh_folder(workdir, f"cluster{k:03d}"), cfg)[0]
-        except VlocError as e:
-            raise VlocError(f"cluster {k} ({len(p.index)} images): {e}") from e
+    def one(k: int) -> tuple[pycolmap.Reconstruction, float]:
+        t = time.perf_counter()
+        model = reconstruct_cluster(part_inputs(clusters[k], records, features, verified),
+                                    fresh_folder(workdir, f"cluster{k:03d}"), cfg, label=f"cluster {k}")
+        return model, time.perf_counter() - t
 
     with ThreadPoolExecutor(max(1, workers)) as ex:
-        return list(ex.map(one, range(len(clusters))))
+        done = list(ex.map(one, range(len(clusters))))
+    if seconds is not None:
+        seconds[:] = [t for _, t in done]
+    return [m for m, _ in done]
+
+
+def reconstruct_cluster(part: PartInputs, folder: Path, cfg: ReconstructionConfig, label: str = "cluster"
+                        ) -> pycolmap.Reconstruction:
+    """Incremental SfM of one cluster's images and pairs in ``folder`` (records' poses ignored),
+    the model written to ``folder/model`` (what a Dask task would hand back: Reconstructions do
+    not pickle). VlocError, naming ``label``, when it registers nothing."""
+    try:
+        model = structure_from_motion([replace(r, cam_from_world=None) for r in part.records], part.features,
+                                      part.verified, Path(folder), replace(cfg, sfm_method="incremental"))[0]
+    except VlocError as e:
+        raise VlocError(f"{label} ({len(part.index)} images): {e}") from e
+    (Path(folder) / "model").mkdir(exist_ok=True)
+    model.write_binary(str(Path(folder) / "model"))
+    return model
 
 
 @dataclass(frozen=True)
@@ -224,7 +249,8 @@ def partitioned_sfm(records: list[ImageRecord], features: list[Features], verifi
         clusters = partition_view_graph(len(records), {p: len(vp.matches) for p, vp in verified.items()},
                                         pcfg.max_cluster_images, pcfg.overlap_images, positions,
                                         pcfg.min_link_matches)
-    models = reconstruct_clusters(records, features, verified, clusters, Path(workdir), cfg, pcfg.workers)
+    part_s: list[float] = []
+    models = reconstruct_clusters(records, features, verified, clusters, Path(workdir), cfg, pcfg.workers, part_s)
     t1 = time.perf_counter()
     alignments = align_models(models, pcfg)
     t2 = time.perf_counter()
@@ -233,7 +259,7 @@ def partitioned_sfm(records: list[ImageRecord], features: list[Features], verifi
         raise VlocError("the merged clusters hold no 3D points after adjustment")
     stats.update(
         n_parts=len(clusters), part_sizes=[len(c) for c in clusters],
-        part_registered=[m.num_reg_images() for m in models],
+        part_registered=[m.num_reg_images() for m in models], part_seconds=part_s,
         alignments=[{"target": a.target, "scale": a.ref_from_model.scale, "n_shared_images": a.n_shared_images,
                      "n_correspondences": a.n_correspondences, "inlier_ratio": a.inlier_ratio,
                      "centre_residual": a.centre_residual, "rotation_residual_deg": a.rotation_residual_deg}
