@@ -21,9 +21,12 @@ import numpy as np
 def write_features_h5(path: Path, names: list[str], descriptors: Iterable[np.ndarray],
                       point3d_ids: list[np.ndarray], points_id: np.ndarray, points_xyz: np.ndarray,
                       image_centres: np.ndarray, keypoints: list[np.ndarray] | None = None,
-                      image_sizes: np.ndarray | None = None) -> None:
+                      image_sizes: np.ndarray | None = None, point_quality=None) -> None:
     """Write the flat observation arrays (see module docstring). Lists are per image, same order as names;
     ``keypoints`` (per image (n, 2)) and ``image_sizes`` ((N, 2) width, height) are optional.
+    ``point_quality``: a :class:`mapping.point_quality.PointQuality` of the points ``points_id``
+    (any object with its fields), stored as the ``points3D_*`` quality datasets (see
+    :data:`POINT_QUALITY_FIELDS`), rows in the order of ``points3D_id``.
 
     ``descriptors``: per image (n_k, D), any iterable (e.g. read back from disk one image at a time):
     its rows stream into the table a few chunks at a time, never all in memory; image k has
@@ -64,6 +67,47 @@ def write_features_h5(path: Path, names: list[str], descriptors: Iterable[np.nda
             f.create_dataset("keypoints", data=kp.astype(np.float32))
         if image_sizes is not None:
             f.create_dataset("image_sizes", data=np.asarray(image_sizes, np.int32).reshape(-1, 2))
+        if point_quality is not None:
+            write_point_quality(f, np.asarray(points_id)[order], point_quality)
+
+
+#: per-point quality datasets (rows = ``points3D_id``): name -> (attribute, dtype). Bundles written
+#: before them lack these; readers then get None (see :func:`read_point_quality`).
+POINT_QUALITY_FIELDS = {"points3D_track_length": ("track_length", np.int32),
+                        "points3D_tri_angle_deg": ("tri_angle_deg", np.float32),
+                        "points3D_reproj_error_px": ("reproj_error_px", np.float32),
+                        "points3D_covariance": ("covariance", np.float32)}
+
+
+def write_point_quality(f: h5py.File, sorted_ids: np.ndarray, q) -> None:
+    """Store ``q``'s per-point fields in the row order of ``sorted_ids``; covariance (P, 3, 3) m^2
+    is stored as its upper triangle (P, 6): xx, xy, xz, yy, yz, zz."""
+    pos = {int(i): k for k, i in enumerate(np.asarray(q.ids))}
+    if len(pos) != len(sorted_ids) or any(int(i) not in pos for i in sorted_ids):
+        raise ValueError("point quality rows do not match the points of features.h5")
+    take = np.array([pos[int(i)] for i in sorted_ids], np.int64)
+    iu = np.triu_indices(3)
+    for name, (attr, dtype) in POINT_QUALITY_FIELDS.items():
+        value = np.asarray(getattr(q, attr))[take]
+        if attr == "covariance":
+            value = value[:, iu[0], iu[1]]
+        f.create_dataset(name, data=value.astype(dtype))
+
+
+def read_point_quality(path: Path) -> dict[str, np.ndarray] | None:
+    """The stored per-point quality of a features.h5 (rows = its ``points3D_id``): track_length,
+    tri_angle_deg, reproj_error_px, covariance (P, 3, 3) float64; None for bundles written before it."""
+    with h5py.File(path, "r") as f:
+        if any(name not in f for name in POINT_QUALITY_FIELDS):
+            return None
+        out = {attr: f[name][()] for name, (attr, _) in POINT_QUALITY_FIELDS.items()}
+    tri = out["covariance"].astype(np.float64)
+    cov = np.zeros((len(tri), 3, 3))
+    iu = np.triu_indices(3)
+    cov[:, iu[0], iu[1]] = tri
+    cov[:, iu[1], iu[0]] = tri
+    out["covariance"] = cov
+    return out
 
 
 #: gzip level and rows per chunk of the descriptor table.

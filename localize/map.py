@@ -10,7 +10,7 @@ import numpy as np
 import pycolmap
 import torch
 
-from bundleio import FeatureSet, read_features_h5, read_manifest, resolve_feature_set
+from bundleio import FeatureSet, read_features_h5, read_manifest, read_point_quality, resolve_feature_set
 from core.geometry import Rigid3
 from core.types import VlocError
 from vision.features import Features, root_sift
@@ -30,6 +30,23 @@ def points_from_model(path: Path, image_names: list[str]) -> tuple[np.ndarray, n
             raise VlocError(f"{path}: image {name} of features.h5 is not in the model")
         centres.append(Rigid3.from_pycolmap(im.cam_from_world()).centre)
     return ids, xyz, np.array(centres).reshape(-1, 3)
+
+
+def load_point_quality(base: Path, image_names: list[str], ids: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Per-point quality of the feature set in ``base``, rows in the order of ``ids`` (sorted point
+    ids): from features.h5, or (bundles written before it was stored) computed from ``model/``
+    with :func:`mapping.point_quality.from_reconstruction`; None when there is no model either."""
+    stored = read_point_quality(base / "features.h5")
+    if stored is not None:
+        return stored
+    if not (base / "model").is_dir():
+        return None
+    from mapping.point_quality import from_reconstruction
+    q = from_reconstruction(pycolmap.Reconstruction(str(base / "model")), image_names)
+    if not np.array_equal(q.ids, ids):
+        raise VlocError(f"{base}: model/ and features.h5 list different 3D points")
+    return {"track_length": q.track_length, "tri_angle_deg": q.tri_angle_deg,
+            "reproj_error_px": q.reproj_error_px, "covariance": q.covariance}
 
 
 def mapped_descriptors(bundle: Path, manifest: dict, mmap_dir: Path, rel: str = "features.h5") -> np.ndarray:
@@ -65,6 +82,10 @@ class LocalizationMap:
     image_names: (N,), image_centres: (N, 3) camera centres in the world frame.
     obs_keypoints: (T, 2) float32 COLMAP pixels and image_sizes: (N, 2) width, height (learned
     sets; LightGlue needs them), else None. feature_set: which set of the bundle this is.
+    point_quality: per point row, ``track_length``, ``tri_angle_deg``, ``reproj_error_px`` and
+    ``covariance`` (P, 3, 3) m^2 world frame (:mod:`mapping.point_quality`): stored in features.h5
+    by builds since 2026-12; for older bundles derived from ``model/`` at load (same numbers);
+    None only when neither is there (the pose covariance then has pixel noise alone).
     """
 
     path: Path
@@ -84,18 +105,20 @@ class LocalizationMap:
     image_sizes: np.ndarray | None = None
     #: learned sets on a device: (T, D) descriptors resident there (see :meth:`to_device`).
     device_descriptors: torch.Tensor | None = None
+    point_quality: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.retrieval_matrix is None:
             self.retrieval_matrix = np.ascontiguousarray(self.retrieval.descriptors, dtype=np.float32)
 
     @staticmethod
-    def load(path: Path, mmap_dir: Path | None = None, features: str | None = None) -> "LocalizationMap":
+    def load(path: Path, mmap_dir: Path | None = None, features: str | None = None,
+             point_quality: bool = True) -> "LocalizationMap":
         """Load a bundle's feature set ``features`` (None: its root set; a set it lacks is a
         VlocError naming those it has). With ``mmap_dir``, the observation descriptors are
         memory-mapped from an uncompressed copy there (made once per features.h5 content, see
         :func:`mapped_descriptors`): processes serving the same map share its pages and a load
-        reads no descriptor bytes."""
+        reads no descriptor bytes. ``point_quality=False`` skips the points' uncertainty."""
         path = Path(path)
         manifest = read_manifest(path)
         fs = resolve_feature_set(manifest, features, path)
@@ -118,9 +141,11 @@ class LocalizationMap:
         retrieval = RetrievalIndex.load(base / "retrieval.npz")
         pos = {n: k for k, n in enumerate(table.image_names)}
         rows = np.array([pos.get(n, -1) for n in retrieval.names], np.int64)
+        quality = load_point_quality(base, table.image_names, ids) if point_quality else None
         return LocalizationMap(path, manifest, xyz, table.descriptors, obs_point, table.image_offsets,
                                table.image_names, np.asarray(centres), retrieval, rows, feature_set=fs,
-                               obs_keypoints=table.keypoints, image_sizes=table.image_sizes)
+                               obs_keypoints=table.keypoints, image_sizes=table.image_sizes,
+                               point_quality=quality)
 
     @property
     def learned(self) -> bool:

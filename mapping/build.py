@@ -23,6 +23,7 @@ from mapping.extract import extract_all, feature_key
 from mapping.feature_store import FeatureStore, ObservedDescriptors
 from mapping.match import lightglue_features, match_pairs
 from mapping.pairs import pairs_exhaustive, pairs_from_poses, pairs_from_similarity
+from mapping.point_quality import of_feature_set
 from mapping.reconstruct import (
     filter_points,
     observation_errors,
@@ -287,7 +288,9 @@ def write_set(folder: Path, s: FeatureSetModel, with_keypoints: bool) -> None:
                         for n in s.names]).reshape(-1, 3)
     bundle_io.write_features_h5(folder / "features.h5", s.names, s.descriptors, s.point3d_ids, point_ids, point_xyz,
                                 centres, keypoints=s.keypoints if with_keypoints else None,
-                                image_sizes=s.sizes if with_keypoints else None)
+                                image_sizes=s.sizes if with_keypoints else None,
+                                point_quality=of_feature_set(s.model, s.names, s.keypoints, s.point3d_ids,
+                                                             point_ids, point_xyz))
     s.index.save(folder / "retrieval.npz")
 
 

@@ -1,0 +1,112 @@
+"""Pose covariance that includes the map points' own uncertainty (pure geometry).
+
+Each 2D-3D correspondence i gets the 2D covariance ``C_i = s^2 I + J_X Sigma_i J_X^T``: the query
+keypoint noise ``s`` (pixels) plus the map point's world covariance ``Sigma_i`` (m^2, from
+:mod:`mapping.point_quality`) projected into the query. The pose is refined by Gauss-Newton on
+the whitened residuals (Huber weights) and its covariance is ``inv(sum J_p^T W_i J_p)``, scaled up
+by the variance factor when the residuals exceed the model. Pose convention: ``cam_from_world``
+with the left perturbation ``R' = exp([d]x) R``, ``t' = t + dt``; covariance (6, 6) rotation
+vector (rad) then translation (m), as :func:`localize.localizer.rotvec_covariance`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.camera import Camera
+from core.geometry import Rigid3
+from mapping.point_quality import projection_jacobian
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    """(N, 3) -> (N, 3, 3) cross-product matrices."""
+    z = np.zeros(len(v))
+    return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
+                     np.stack([-v[:, 1], v[:, 0], z], -1)], 1)
+
+
+def _so3_exp(w: np.ndarray) -> np.ndarray:
+    """(3,) rotation vector -> (3, 3) rotation matrix (Rodrigues)."""
+    th = float(np.linalg.norm(w))
+    K = _skew(w[None])[0]
+    if th < 1e-12:
+        return np.eye(3) + K
+    return np.eye(3) + np.sin(th) / th * K + (1 - np.cos(th)) / th ** 2 * K @ K
+
+
+def projection_jacobians(cam_from_world: Rigid3, camera: Camera, points_world: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels (N, 2) of world points (N, 3) and the Jacobians of them w.r.t. the pose (N, 2, 6)
+    (rotation vector, translation) and w.r.t. the world point (N, 2, 3)."""
+    R = cam_from_world.rotation
+    X = np.asarray(points_world, np.float64).reshape(-1, 3)
+    RX = X @ R.T
+    xc = RX + cam_from_world.translation
+    Jc = projection_jacobian(camera, xc)                               # (N, 2, 3) w.r.t. camera point
+    J_pose = np.concatenate([Jc @ -_skew(RX), Jc], axis=2)
+    return camera.project(xc), J_pose, Jc @ R
+
+
+def correspondence_covariances(cam_from_world: Rigid3, camera: Camera, points_world: np.ndarray,
+                               point_covariances: np.ndarray | None, pixel_sigma: float) -> np.ndarray:
+    """(N, 2, 2) pixel covariance of each correspondence: ``s^2 I`` plus the point's (N, 3, 3)
+    world covariance projected into the query (None: the pixel noise alone)."""
+    n = len(points_world)
+    C = np.tile(np.eye(2) * pixel_sigma ** 2, (n, 1, 1))
+    if point_covariances is not None:
+        _, _, JX = projection_jacobians(cam_from_world, camera, points_world)
+        C = C + JX @ point_covariances @ np.transpose(JX, (0, 2, 1))
+    return C
+
+
+@dataclass
+class WeightedPose:
+    """Result of :func:`refine_with_point_uncertainty`: the pose, its (6, 6) covariance, the
+    variance factor (chi^2 / dof of the whitened residuals, >= 0) and the (N,) whitened residual norms."""
+
+    cam_from_world: Rigid3
+    covariance: np.ndarray
+    variance_factor: float
+    whitened_residuals: np.ndarray
+
+
+def refine_with_point_uncertainty(points2d: np.ndarray, points_world: np.ndarray, camera: Camera,
+                                  cam_from_world: Rigid3, point_covariances: np.ndarray | None,
+                                  pixel_sigma: float, iterations: int = 5, huber: float = 3.0,
+                                  move: bool = True) -> WeightedPose | None:
+    """Gauss-Newton on (N, 2) pixels vs (N, 3) world points (inliers), each residual whitened by its
+    :func:`correspondence_covariances` (recomputed each step), Huber weights at ``huber`` sigmas.
+    ``move=False`` keeps the given pose and only computes its covariance. None when fewer than 4
+    points or a singular system."""
+    xy = np.asarray(points2d, np.float64).reshape(-1, 2)
+    X = np.asarray(points_world, np.float64).reshape(-1, 3)
+    if len(xy) < 4:
+        return None
+    R, t = cam_from_world.rotation.copy(), cam_from_world.translation.copy()
+    for it in range(iterations + 1):
+        pose = Rigid3(R, t)
+        uv, Jp, _ = projection_jacobians(pose, camera, X)
+        C = correspondence_covariances(pose, camera, X, point_covariances, pixel_sigma)
+        W = np.linalg.inv(C)
+        r = np.nan_to_num(xy - uv, nan=1e6)
+        m = np.sqrt(np.maximum(np.einsum("ni,nij,nj->n", r, W, r), 0))
+        w = np.where(m <= huber, 1.0, huber / np.maximum(m, 1e-12))
+        H = np.einsum("n,nia,nij,njb->ab", w, Jp, W, Jp)
+        if it == iterations or not move:
+            break
+        g = np.einsum("n,nia,nij,nj->a", w, Jp, W, r)
+        try:
+            step = np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            return None
+        R, t = _so3_exp(step[:3]) @ R, t + step[3:]
+        if np.linalg.norm(step) < 1e-10:
+            break
+    try:
+        cov = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return None
+    dof = max(2 * len(xy) - 6, 1)
+    vf = float(np.sum(w * m ** 2) / dof)
+    return WeightedPose(Rigid3(R, t), cov * max(vf, 1.0), vf, m)
