@@ -394,6 +394,7 @@ class Localizer:
         result.median_reproj_error_px = ans.median_reproj_error_px
         result.position_sigma_m = ans.position_sigma_m
         result.rotation_sigma_deg = ans.rotation_sigma_deg
+        result.inlier_keypoints, result.inlier_points3D = xy[ans.inlier_mask], xyz[ans.inlier_mask]
         result.accepted, result.reason = self._accept(result)
         timings["total"] = (time.perf_counter() - t0) * 1000
         return result

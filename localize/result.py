@@ -28,6 +28,9 @@ class LocalizationResult:
     timings_ms: per-stage wall time in milliseconds (a fallback adds ``<first attempt>_attempt``).
     attempt: the setting that produced this result: "full", or the cheaper first attempt
         "coarse" (no prior) / "tracking" (with a prior) when that one was kept.
+    inlier_keypoints: (K, 2) float64 query pixels (COLMAP convention) of the PnP inliers and
+        inlier_points3D: (K, 3) float64 their map points (map frame, metres); None without a pose.
+        Not part of :meth:`to_dict` (the API adds them when a request asks).
     """
 
     accepted: bool
@@ -44,6 +47,8 @@ class LocalizationResult:
     num_keypoints: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     attempt: str = "full"
+    inlier_keypoints: np.ndarray | None = field(default=None, compare=False, repr=False)
+    inlier_points3D: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def world_from_cam(self) -> Rigid3 | None:
