@@ -13,11 +13,20 @@ from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 
 import api.stream as stream_module
-from api import routes_keys, routes_localize, routes_maps, routes_ops
+from api import routes_console, routes_keys, routes_live, routes_localize, routes_mapdata, routes_maps, routes_ops
 from api.errors import ApiError, describe_errors
 from api.limits import BodyLimitMiddleware
 from api.logging import RequestContextMiddleware, request_id
-from api.models import CameraIn, LocalizeMeta, PriorIn, RegisterPathRequest, StreamFrameMeta, StreamReply
+from api.models import (
+    CameraIn,
+    LiveEvent,
+    LocalizeMeta,
+    PriorIn,
+    RegisterPathRequest,
+    RobotLive,
+    StreamFrameMeta,
+    StreamReply,
+)
 from api.service import Service
 from api.settings import Settings
 from localize import LocalizerConfig
@@ -49,6 +58,18 @@ has NaN/negative values, 503 a registered map that cannot be loaded. Each respon
 **Streaming: `WS /v1/maps/{{map_id}}/stream`** (WebSocket, not listed as an operation).
 {_protocol_text()}
 Schemas: `StreamFrameMeta` (frame header) and `StreamReply` (replies).
+
+**Live fleet: `GET /v1/maps/{{map_id}}/live`** (server-sent events, authenticated by header like
+every route): a `snapshot` event, then `update` events (at least one a second) of `LiveEvent`:
+each robot's last accepted pose in the floor plan's level frame, 1-sigma ellipse, accepted /
+reason, latency and last seen. A robot appears with its stream session (`robot_id` in the frame
+header, default the key's name) or a REST request with a `robot_id`.
+
+**Map data** (for viewers): `/versions/{{version}}` (details), `/points` (binary, decimated to
+`max_points`), `/cameras`, `/layers` and `/layers/{{name}}` (occupancy grids as PNG + metadata,
+mesh, ...), each for the active version or `?version=`. **Console**: `/console/` (static files
+served from the package, no CDN; a Content-Security-Policy on every file); `GET /v1/me` tells a
+key what it may see.
 """
 
 
@@ -59,7 +80,7 @@ def _openapi(app: FastAPI):
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         _, defs = models_json_schema([(m, "validation") for m in
                                       (LocalizeMeta, CameraIn, PriorIn, RegisterPathRequest, StreamFrameMeta,
-                                       StreamReply)], ref_template="#/components/schemas/{model}")
+                                       StreamReply, LiveEvent, RobotLive)], ref_template="#/components/schemas/{model}")
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, s in defs.get("$defs", {}).items():
             comps.setdefault(name, s)
@@ -102,9 +123,11 @@ def create_app(settings: Settings, localizer_config: LocalizerConfig | None = No
     app = FastAPI(title="vloc localization service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, redirect_slashes=False)
     app.state.vloc = service
-    for r in (routes_localize.router, routes_maps.router, routes_keys.router, routes_ops.router,
-              stream_module.router):
+    for r in (routes_localize.router, routes_maps.router, routes_mapdata.router, routes_live.router,
+              routes_keys.me_router, routes_keys.router, routes_ops.router, stream_module.router):
         app.include_router(r)
+    if settings.console:
+        app.include_router(routes_console.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -23,11 +23,12 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vloc"'}
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller: key id, role and the maps a robot key is granted."""
+    """The authenticated caller: key id, role, the maps a robot key is granted, the key's label."""
 
     key_id: str
     role: str
     maps: frozenset[str]
+    name: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -57,7 +58,7 @@ def authenticate(token: str | None, registry: Registry) -> Principal:
     rec = registry.key_for_token(token)
     if rec is None:
         raise ApiError(401, "invalid or revoked API key", _CHALLENGE)
-    return Principal(rec.key_id, rec.role, frozenset(rec.maps))
+    return Principal(rec.key_id, rec.role, frozenset(rec.maps), rec.name)
 
 
 def authorize_map(principal: Principal, map_id: str) -> str:

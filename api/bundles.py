@@ -71,14 +71,30 @@ def bundle_root(dest: Path) -> Path:
     raise ApiError(422, f"no {MANIFEST} at the archive root or in its single top-level folder: not a map bundle")
 
 
+ENABLE_PATHS = ("registration by server-side path is off on this server: upload the bundle as a tar "
+                "instead, or have the operator name the directories bundles may come from (setting "
+                "import_roots: VLOC_IMPORT_ROOTS='[\"/srv/bundles\"]' or 'vloc serve --import-root /srv/bundles')")
+
+
 def copy_from_path(src: str, dest: Path, import_roots: list[Path], max_bytes: int, max_members: int) -> Path:
-    """Copy a server-side bundle directory into ``dest``/bundle; returns the copy."""
+    """Copy a server-side bundle directory into ``dest``/bundle; returns the copy.
+
+    Only under ``import_roots`` (none: registration by path is off, 403). The path is resolved
+    (links followed) and checked against the roots before anything about it is said, so a path
+    outside them gets the same 403 whether it exists or not; messages name paths relative to the
+    bundle, never other files of the server."""
+    if not import_roots:
+        raise ApiError(403, ENABLE_PATHS)
     try:
-        path = Path(src).expanduser().resolve(strict=True)
+        path = Path(src).expanduser().resolve(strict=False)
+        roots = [Path(r).expanduser().resolve(strict=False) for r in import_roots]
     except (OSError, RuntimeError, ValueError):
-        raise ApiError(422, f"{src[:300]!r} does not exist on the server") from None
-    if import_roots and not any(path.is_relative_to(Path(r).resolve()) for r in import_roots):
-        raise ApiError(403, f"{src[:300]!r} is outside the directories bundles may be registered from")
+        raise ApiError(422, f"{src[:300]!r} is not a usable path") from None
+    if not any(path.is_relative_to(r) for r in roots):
+        raise ApiError(403, f"{src[:300]!r} is outside the directories bundles may be registered from "
+                            f"(setting import_roots: {', '.join(str(r) for r in roots)})")
+    if not path.exists():
+        raise ApiError(422, f"{src[:300]!r} does not exist on the server")
     if not path.is_dir():
         raise ApiError(422, f"{src[:300]!r} is not a directory")
     total = count = 0
@@ -100,7 +116,7 @@ def copy_from_path(src: str, dest: Path, import_roots: list[Path], max_bytes: in
     except ApiError:
         raise
     except OSError as e:
-        raise ApiError(422, f"cannot read {src[:300]!r}: {e}") from None
+        raise ApiError(422, f"cannot read {src[:300]!r}: {e.strerror or type(e).__name__}") from None
     return out
 
 

@@ -92,9 +92,13 @@ def serve_cmd(data: Path = typer.Option(..., "--data", help="data directory (reg
               max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1,
                                                       help="frames per micro-batch on learned sets (1: none)"),
               max_batch_wait_ms: Optional[float] = typer.Option(None, "--max-batch-wait-ms", min=0,
-                                                                help="how long a micro-batch collects frames")
+                                                                help="how long a micro-batch collects frames"),
+              import_root: Optional[list[Path]] = typer.Option(
+                  None, "--import-root", help="a server directory admins may register bundles from by path "
+                                              "(repeatable; default: none, registration by path is off)")
               ) -> None:
-    """Serve the localization API (REST + WebSocket) over the maps registered in DATA."""
+    """Serve the localization API (REST + WebSocket) and the operator console (/console/) over the
+    maps registered in DATA."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -108,6 +112,8 @@ def serve_cmd(data: Path = typer.Option(..., "--data", help="data directory (reg
     for name, value in (("device", device), ("max_batch", max_batch), ("max_batch_wait_ms", max_batch_wait_ms)):
         if value is not None:
             overrides[name] = value
+    if import_root:
+        overrides["import_roots"] = list(import_root)
     try:
         settings = Settings(**overrides)
     except ValidationError as e:
@@ -121,6 +127,16 @@ def serve_cmd(data: Path = typer.Option(..., "--data", help="data directory (reg
     torch.set_num_threads(per_worker)
     cv2.setNumThreads(per_worker)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                ws_max_size=settings.max_upload_bytes,
-                log_level=settings.log_level.lower())
+    service = app.state.vloc
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            service.begin_shutdown()  # live fleet streams end instead of holding the shutdown
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            ws_max_size=settings.max_upload_bytes, log_level=settings.log_level.lower(),
+                            timeout_graceful_shutdown=10)
+    if settings.console:
+        print(f"console: http://{settings.host}:{settings.port}/console/ (sign in with an API key)", flush=True)
+    Server(config).run()

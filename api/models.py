@@ -66,6 +66,8 @@ class LocalizeMeta(Strict):
                                  description="the map's feature set to localize with (sift, aliked, aliked-n32, "
                                              "aliked-t16, disk); default: the map's first set. A set the map lacks "
                                              "is a 422 naming those it has")
+    inliers: bool = Field(False, description="also return the PnP inliers: query keypoints (pixels, COLMAP "
+                                             "convention) and their map points (``inliers`` in the response)")
 
 
 class StreamFrameMeta(Strict):
@@ -80,6 +82,9 @@ class StreamFrameMeta(Strict):
     """
 
     frame_id: int | str = Field(description="echoed in the reply; any int or string up to 128 chars")
+    robot_id: str | None = Field(None, max_length=128, description="the robot's name on the live fleet "
+                                 "(``GET /v1/maps/{map_id}/live``); kept by the session after the first frame; "
+                                 "default: the API key's name, else its id")
     camera: CameraIn | None = None
     features: str | None = Field(None, max_length=32, description="the map's feature set (as in LocalizeMeta); "
                                  "may be omitted after the first frame (the session keeps it)")
@@ -113,6 +118,14 @@ class PoseOut(BaseModel):
 class PriorOut(BaseModel):
     position: list[float]
     sigma: float
+
+
+class InliersOut(BaseModel):
+    """The PnP inliers of a pose: ``keypoints`` (K, 2) query pixels (COLMAP convention: the centre
+    of the top-left pixel is (0.5, 0.5)) and ``points3D`` (K, 3) their map points (map frame, m)."""
+
+    keypoints: list[list[float]]
+    points3D: list[list[float]]
 
 
 class LocalizeResponse(BaseModel):
@@ -153,6 +166,7 @@ class LocalizeResponse(BaseModel):
     altitude: float | None = Field(None, description="metres above the WGS84 ellipsoid (georeferenced maps only)")
     heading: float | None = Field(None, description="optical axis, degrees clockwise from north "
                                                     "(georeferenced maps only)")
+    inliers: InliersOut | None = Field(None, description="only when the request asked (``meta.inliers``)")
 
 
 class StreamReply(BaseModel):
@@ -188,11 +202,159 @@ class VersionInfo(BaseModel):
                                       "georeferenced")
 
 
+class Activation(BaseModel):
+    """A version becoming the map's active one (``key_id``: the admin key that did it, null when it
+    was not done through the API)."""
+
+    version: str
+    activated_utc: str
+    key_id: str | None = None
+
+
 class MapInfo(BaseModel):
     map_id: str
     active_version: str | None
     created_utc: str
     versions: list[VersionInfo]
+    activations: list[Activation] = Field(default_factory=list, description="newest first (at most 100)")
+
+
+class Extent(BaseModel):
+    """Axis-aligned box of the map's 3D points, map frame, metres."""
+
+    min: list[float]
+    max: list[float]
+    size: list[float]
+
+
+class VersionDetails(VersionInfo):
+    """One version with what its manifest says: statistics, georeference, feature sets, layers."""
+
+    world_frame: dict | None = None
+    statistics: dict = Field(default_factory=dict)
+    georeference: dict | None = Field(None, description="origin (WGS84), CRS, residuals: null when not "
+                                                        "georeferenced")
+    feature_sets: list[str] = Field(default_factory=list)
+    layers: list[str] = Field(default_factory=list, description="files under layers/ (HD layers)")
+    extent: Extent | None = None
+    revision: int | None = None
+    history: list[dict] = Field(default_factory=list)
+
+
+class CameraModelOut(BaseModel):
+    """A map camera's intrinsics (COLMAP model, size, parameters): usable as a query ``camera``."""
+
+    camera_id: int
+    model: str
+    width: int
+    height: int
+    params: list[float]
+
+
+class MapImageOut(BaseModel):
+    """A map image: its name, camera and pose (``world_from_cam``: translation = centre, map frame)."""
+
+    name: str
+    camera_id: int
+    world_from_cam: PoseOut
+
+
+class CamerasOut(BaseModel):
+    map_id: str
+    version: str
+    cameras: list[CameraModelOut]
+    images: list[MapImageOut]
+
+
+class FloorOut(BaseModel):
+    index: int
+    elevation: float
+    top: float | None = None
+    n_cameras: int = 0
+    observed: bool = True
+
+
+class OccupancyOut(BaseModel):
+    """One floor's occupancy grid (ROS map_server trinary: 0 occupied, 254 free, 205 unknown),
+    level frame: pixel (row, col) has its centre at ``(origin[0] + (col + 0.5) * resolution,
+    origin[1] + (height - 1 - row + 0.5) * resolution)`` (row 0 is the top, largest y)."""
+
+    floor: int
+    resolution: float
+    origin: list[float]
+    width: int
+    height: int
+    png: str = Field(description="file name under .../layers/ of the grid as a greyscale PNG")
+    cells: dict = Field(default_factory=dict)
+
+
+class LayersOut(BaseModel):
+    """The HD layers of a map version (empty lists when it has none: ``vloc map layers``).
+
+    ``level_from_map``: rotation (3x3) from the map frame to the level frame (up = +z) in which
+    floors and occupancy grids are expressed; the identity when the map's z is up."""
+
+    map_id: str
+    version: str
+    has_layers: bool
+    level_from_map: list[list[float]]
+    up_source: str | None = None
+    floors: list[FloorOut] = Field(default_factory=list)
+    occupancy: list[OccupancyOut] = Field(default_factory=list)
+    mesh: dict | None = Field(None, description="``file``, ``bytes``, vertices, triangles, source: null without")
+    files: list[dict] = Field(default_factory=list, description="every layer file: name, kind, bytes")
+
+
+class RobotLive(BaseModel):
+    """A robot on the live fleet of a map: its last answer and last accepted pose.
+
+    position: camera centre (map frame, m) of the last *accepted* pose (null before one);
+    xy / z: the same in the level frame (floor plan); heading_deg: optical axis in the level
+    frame, degrees counter-clockwise from +x; ellipse: 1-sigma ellipse of xy from the pose
+    covariance (``major``, ``minor`` m, ``angle_deg`` of the major axis from +x); accepted /
+    reason: of the *last* answer; latency_ms: frame receipt to answer on the server; last_seen /
+    last_accepted: Unix seconds; track: recent accepted [x, y, z] (level frame) in the first
+    message only (later ones carry ``position`` to append)."""
+
+    robot_id: str
+    map_version: str | None = None
+    source: str
+    accepted: bool
+    reason: str
+    position: list[float] | None = None
+    xy: list[float] | None = None
+    z: float | None = None
+    heading_deg: float | None = None
+    ellipse: dict | None = None
+    position_sigma_m: float | None = None
+    rotation_sigma_deg: float | None = None
+    num_inliers: int = 0
+    latency_ms: float | None = None
+    last_seen: float
+    last_accepted: float | None = None
+    frames: int = 0
+    accepted_frames: int = 0
+    track: list[list[float]] | None = None
+
+
+class LiveEvent(BaseModel):
+    """One ``data:`` line of ``GET /v1/maps/{map_id}/live`` (event ``snapshot`` first, then
+    ``update``): the robots that changed since the last event (all of them in the snapshot), the
+    ids that left (``gone``), and the server's clock (Unix seconds) for ages."""
+
+    map_id: str
+    server_time: float
+    robots: list[RobotLive]
+    gone: list[str] = Field(default_factory=list)
+
+
+class Me(BaseModel):
+    """The caller's key: what the console may show."""
+
+    key_id: str
+    name: str
+    role: Literal["robot", "admin"]
+    maps: list[str] = Field(description="maps a robot key is granted ('*' = all); admin keys see every map")
 
 
 class MapList(BaseModel):

@@ -2,7 +2,9 @@
 
 Tables: ``maps`` (id, active version, next version number), ``versions`` (one registered bundle
 each, stored at ``DATA_DIR/maps/<map_id>/<version>/``), ``api_keys`` (sha256 of the secret,
-never the secret), ``grants`` (robot key -> map id, ``*`` for every map).
+never the secret), ``grants`` (robot key -> map id, ``*`` for every map), ``activations`` (each
+time a version became the active one: when, and the key that did it; added to schema 1 as a new
+table, which registries written before it simply gain on open).
 
 Paths are derived from ids that match :data:`ID_RE` (one safe path component), never taken
 from a request, so no id can reach outside the data directory. One short-lived connection per
@@ -47,6 +49,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE TABLE IF NOT EXISTS grants (
   key_id TEXT NOT NULL REFERENCES api_keys(key_id) ON DELETE CASCADE, map_id TEXT NOT NULL,
   PRIMARY KEY (key_id, map_id));
+CREATE TABLE IF NOT EXISTS activations (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  map_id TEXT NOT NULL REFERENCES maps(map_id) ON DELETE CASCADE, version TEXT NOT NULL,
+  activated_utc TEXT NOT NULL, key_id TEXT);
 """
 
 
@@ -85,6 +91,16 @@ class MapRecord:
     active_version: str | None
     created_utc: str
     versions: tuple[VersionRecord, ...]
+
+
+@dataclass(frozen=True)
+class ActivationRecord:
+    """A version becoming a map's active one: when, and by which key (None: not through the API)."""
+
+    map_id: str
+    version: str
+    activated_utc: str
+    key_id: str | None
 
 
 @dataclass(frozen=True)
@@ -210,11 +226,13 @@ class Registry:
                 "SELECT map_id, active_version FROM maps WHERE active_version IS NOT NULL").fetchall()]
 
     def add_version(self, map_id: str, staged_bundle: Path, summary: dict, nbytes: int,
-                    version: str | None = None, activate: bool | None = None) -> tuple[VersionRecord, bool]:
+                    version: str | None = None, activate: bool | None = None,
+                    by: str | None = None) -> tuple[VersionRecord, bool]:
         """Move a validated bundle from the staging area into place and record it.
 
         version: None -> the map's next integer. activate: None -> when the map has no active
-        version. Returns (record, activated). ApiError 409 when the version exists.
+        version. by: the key id recorded with an activation. Returns (record, activated).
+        ApiError 409 when the version exists.
         """
         check_id(map_id)
         if version is not None:
@@ -242,6 +260,7 @@ class Registry:
             do_activate = activate if activate is not None else active is None
             if do_activate:
                 c.execute("UPDATE maps SET active_version = ? WHERE map_id = ?", (version, map_id))
+                self._record_activation(c, map_id, version, by)
             final = self.version_dir(map_id, version)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():          # leftover of a crash between rename and commit
@@ -249,11 +268,25 @@ class Registry:
             os.rename(staged_bundle, final)  # inside the transaction: a failed rename rolls it back
         return rec, do_activate
 
-    def set_active(self, map_id: str, version: str) -> None:
-        """Make ``version`` the active one (ApiError 404 when the map or version is unknown)."""
+    def set_active(self, map_id: str, version: str, by: str | None = None) -> None:
+        """Make ``version`` the active one (ApiError 404 when the map or version is unknown); ``by``:
+        the key id recorded in the activation history."""
         with self._write() as c:
             self._require_version(c, map_id, version)
             c.execute("UPDATE maps SET active_version = ? WHERE map_id = ?", (version, map_id))
+            self._record_activation(c, map_id, version, by)
+
+    @staticmethod
+    def _record_activation(c: sqlite3.Connection, map_id: str, version: str, by: str | None) -> None:
+        c.execute("INSERT INTO activations (map_id, version, activated_utc, key_id) VALUES (?, ?, ?, ?)",
+                  (map_id, version, utc_now(), by))
+
+    def activations(self, map_id: str, limit: int = 100) -> list[ActivationRecord]:
+        """The map's activation history, newest first (at most ``limit``)."""
+        with self._conn() as c:
+            rows = c.execute("SELECT map_id, version, activated_utc, key_id FROM activations WHERE map_id = ? "
+                             "ORDER BY seq DESC LIMIT ?", (map_id, int(limit))).fetchall()
+        return [ActivationRecord(*r) for r in rows]
 
     def remove_version(self, map_id: str, version: str) -> Path:
         """Forget a version (409 when it is active); returns its directory for :meth:`discard`."""

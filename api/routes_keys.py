@@ -3,13 +3,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from api.auth import require_admin
+from api.auth import Principal, get_principal, require_admin
 from api.errors import ApiError
-from api.models import ErrorResponse, KeyCreated, KeyCreateRequest, KeyInfo, KeyList
+from api.models import ErrorResponse, KeyCreated, KeyCreateRequest, KeyInfo, KeyList, Me
 from api.registry import KeyRecord
 
 router = APIRouter(tags=["keys"], dependencies=[Depends(require_admin)])
+#: what any key may ask about itself
+me_router = APIRouter(tags=["keys"])
 ERRORS = {s: {"model": ErrorResponse} for s in (401, 403, 404, 422)}
+
+
+@me_router.get("/v1/me", response_model=Me, responses={401: {"model": ErrorResponse}},
+               summary="The caller's key: id, label, role and granted maps (what a console may show)")
+def me(principal: Principal = Depends(get_principal)) -> Me:
+    return Me(key_id=principal.key_id, name=principal.name, role=principal.role, maps=sorted(principal.maps))
 
 
 def key_info(k: KeyRecord) -> KeyInfo:

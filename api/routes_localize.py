@@ -29,9 +29,10 @@ ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 42
 async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> LocalizeResponse:
     """Multipart: ``image`` (JPEG/PNG file) and ``meta`` (JSON :class:`LocalizeMeta`: camera,
     optional prior {position, sigma}, robot_id, timestamp, track: the server remembers the robot's
-    last pose as the next prior). Returns the pose both ways
+    last pose as the next prior, inliers: return the inlier keypoints). Returns the pose both ways
     (cam_from_world, world_from_cam), covariance, inliers, accepted/reason and timings, and
-    latitude/longitude/altitude/heading when the map is georeferenced."""
+    latitude/longitude/altitude/heading when the map is georeferenced. With a ``robot_id`` the
+    answer also appears on the map's live fleet (``GET /v1/maps/{map_id}/live``)."""
     received = time.monotonic()
     service = request.app.state.vloc
     s = service.settings
@@ -56,7 +57,7 @@ async def localize(request: Request, map_id: str = Depends(map_for_robot)) -> Lo
     try:
         out = await service.localize(map_id, image, meta.camera, prior, "rest",
                                      {"robot_id": meta.robot_id, "timestamp": meta.timestamp}, deadline_mono=deadline,
-                                     features=meta.features)
+                                     features=meta.features, inliers=meta.inliers, received_mono=received)
     except StaleFrame:
         service.metrics.localizations.labels("rest", "busy").inc()
         waited = (time.monotonic() - received) * 1000

@@ -12,8 +12,8 @@ from api.bundles import copy_from_path, dir_bytes, extract_archive, summarize, v
 from api.cache import load_map
 from api.errors import ApiError, describe_errors
 from api.forms import file_field, read_form, require_content_type, text_field
-from api.models import Deleted, ErrorResponse, MapInfo, MapList, RegisterPathRequest, VersionInfo
-from api.registry import ALL_MAPS, MapRecord, VersionRecord, check_id
+from api.models import Activation, Deleted, ErrorResponse, MapInfo, MapList, RegisterPathRequest, VersionInfo
+from api.registry import ALL_MAPS, ActivationRecord, MapRecord, VersionRecord, check_id
 
 router = APIRouter(tags=["maps"])
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422)}
@@ -33,34 +33,40 @@ def version_info(v: VersionRecord, active: str | None) -> VersionInfo:
                        registered_utc=v.registered_utc, summary=v.summary)
 
 
-def map_info(m: MapRecord) -> MapInfo:
+def map_info(m: MapRecord, activations: list[ActivationRecord] = ()) -> MapInfo:
     return MapInfo(map_id=m.map_id, active_version=m.active_version, created_utc=m.created_utc,
-                   versions=[version_info(v, m.active_version) for v in m.versions])
+                   versions=[version_info(v, m.active_version) for v in m.versions],
+                   activations=[Activation(version=a.version, activated_utc=a.activated_utc, key_id=a.key_id)
+                                for a in activations])
 
 
 @router.get("/v1/maps", response_model=MapList, responses=ERRORS, summary="List maps, versions and active versions")
 def list_maps(request: Request, principal: Principal = Depends(get_principal)) -> MapList:
     """Admin keys see every map; robot keys see the maps they are granted."""
     only = None if principal.is_admin or ALL_MAPS in principal.maps else set(principal.maps)
-    return MapList(maps=[map_info(m) for m in request.app.state.vloc.registry.list_maps(only)])
+    registry = request.app.state.vloc.registry
+    return MapList(maps=[map_info(m, registry.activations(m.map_id)) for m in registry.list_maps(only)])
 
 
 @router.get("/v1/maps/{map_id}", response_model=MapInfo, responses=ERRORS, summary="One map and its versions")
 def get_map(request: Request, map_id: str = Depends(map_for_robot)) -> MapInfo:
-    m = request.app.state.vloc.registry.get_map(map_id)
+    registry = request.app.state.vloc.registry
+    m = registry.get_map(map_id)
     if m is None:
         raise ApiError(404, f"no map {map_id!r}")
-    return map_info(m)
+    return map_info(m, registry.activations(map_id))
 
 
 @router.post("/v1/maps/{map_id}/versions", response_model=VersionInfo, status_code=201, responses=ERRORS,
              openapi_extra=_REGISTER_BODY, summary="Register a bundle as a new version of a map")
-async def register_version(request: Request, map_id: str = Depends(map_for_admin)) -> VersionInfo:
+async def register_version(request: Request, map_id: str = Depends(map_for_admin),
+                           principal: Principal = Depends(get_principal)) -> VersionInfo:
     """Upload a tar (or tar.gz) in the multipart field ``bundle`` (optional fields ``version``,
     ``activate``), or send JSON ``{"path": "/server/side/bundle"}``. The bundle is extracted
     safely, validated (manifest, format version, checksums) and loaded once before it is
     recorded. The map is created on its first version; the first version is activated unless
-    ``activate`` is false."""
+    ``activate`` is false. Registration by server path is off unless the server names
+    ``import_roots`` (403 otherwise, and for a path outside them)."""
     service = request.app.state.vloc
     s = service.settings
     media = require_content_type(request, "multipart/form-data", "application/json")
@@ -98,7 +104,7 @@ async def register_version(request: Request, map_id: str = Depends(map_for_admin
         service.metrics.on_load(loaded.load_seconds, True)
         nbytes = await run_in_threadpool(dir_bytes, root)
         rec, activated = await run_in_threadpool(service.registry.add_version, map_id, root, summarize(manifest),
-                                                 nbytes, version, activate)
+                                                 nbytes, version, activate, principal.key_id)
         if activated:
             loaded.version = rec.version
             service.cache.put(map_id, rec.version, loaded)
@@ -109,7 +115,8 @@ async def register_version(request: Request, map_id: str = Depends(map_for_admin
 
 @router.post("/v1/maps/{map_id}/versions/{version}/activate", response_model=MapInfo, responses=ERRORS,
              summary="Make a version the active one (atomic hot swap)")
-async def activate_version(request: Request, map_id: str = Depends(map_for_admin), version: str = VersionId) -> MapInfo:
+async def activate_version(request: Request, map_id: str = Depends(map_for_admin), version: str = VersionId,
+                           principal: Principal = Depends(get_principal)) -> MapInfo:
     """The version is loaded first (an error leaves the active version as it was), then the
     registry switches: requests already running finish on the version they hold, new ones
     use this one."""
@@ -121,8 +128,9 @@ async def activate_version(request: Request, map_id: str = Depends(map_for_admin
     if all(v.version != version for v in m.versions):
         raise ApiError(404, f"map {map_id!r} has no version {version!r}")
     await run_in_threadpool(service.loaded, map_id, version)
-    await run_in_threadpool(service.registry.set_active, map_id, version)
-    return map_info(await run_in_threadpool(service.registry.get_map, map_id))
+    await run_in_threadpool(service.registry.set_active, map_id, version, principal.key_id)
+    return map_info(await run_in_threadpool(service.registry.get_map, map_id),
+                    await run_in_threadpool(service.registry.activations, map_id))
 
 
 @router.delete("/v1/maps/{map_id}/versions/{version}", response_model=Deleted, responses=ERRORS,
@@ -131,7 +139,7 @@ def delete_version(request: Request, map_id: str = Depends(map_for_admin), versi
     service = request.app.state.vloc
     check_id(version, "version")
     path = service.registry.remove_version(map_id, version)
-    service.cache.evict(map_id, version)
+    service.forget(map_id, version)
     service.registry.discard(path)
     return Deleted(map_id=map_id, version=version)
 
@@ -141,6 +149,6 @@ def delete_version(request: Request, map_id: str = Depends(map_for_admin), versi
 def delete_map(request: Request, map_id: str = Depends(map_for_admin)) -> Deleted:
     service = request.app.state.vloc
     path = service.registry.remove_map(map_id)
-    service.cache.evict(map_id)
+    service.forget(map_id)
     service.registry.discard(path)
     return Deleted(map_id=map_id)

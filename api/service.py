@@ -3,7 +3,8 @@
 ``Service.localize`` resolves the map's active version, then in the worker pool (never on the
 event loop): decodes the image within the limits, checks the camera against it, takes the
 loaded map from the cache (loading it once if cold), runs ``Localizer.localize`` and turns the
-result into the wire dict (plus geodetic fields for georeferenced maps).
+result into the wire dict (plus geodetic fields for georeferenced maps). An answer for a named
+robot (REST ``robot_id``, stream sessions) also goes on the live fleet board (:mod:`api.fleet`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import contextvars
 import functools
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -21,7 +23,9 @@ import numpy as np
 from api.batcher import MicroBatcher
 from api.cache import LoadedMap, MapCache, load_map, prune_sidecars
 from api.errors import ApiError
+from api.fleet import FleetBoard
 from api.limits import decode_image
+from api.mapdata import MapCameras, MapDataCache, centre_ellipse, level_frame, read_cameras
 from api.metrics import Metrics
 from api.models import CameraIn, PriorIn
 from api.registry import Registry, VersionRecord
@@ -31,6 +35,7 @@ from bundleio import FeatureSet, read_manifest, resolve_feature_set
 from core.camera import Camera, CameraError
 from core.types import VlocError
 from localize import LocalizationResult, LocalizerConfig, PosePrior
+from localize.localizer import centre_covariance
 
 log = logging.getLogger("vloc.api.service")
 
@@ -97,6 +102,10 @@ class Service:
         self.robot_tracks = RobotTracks(settings.stream_prior_sigma_m, settings.stream_lost_after,
                                         settings.stream_prior_max_gap_s)
         self._valid_bundles: set[tuple[str, str]] = set()
+        self.fleet = FleetBoard(settings.fleet_track_points, settings.fleet_forget_s, settings.fleet_max_robots)
+        self.mapdata = MapDataCache()
+        #: set when the server is stopping: live connections end instead of holding the shutdown
+        self.closing = threading.Event()
 
     async def run(self, fn, *args):
         """Run a blocking call in the worker pool, keeping the request's context (request id)."""
@@ -104,7 +113,13 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(
             self.executor, functools.partial(ctx.run, fn, *args))
 
+    def begin_shutdown(self) -> None:
+        """Tell long-lived responses (the live fleet) to end: call before the server stops."""
+        self.closing.set()
+        self.fleet.wake_all()
+
     def shutdown(self) -> None:
+        self.closing.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.pose_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -147,10 +162,19 @@ class Service:
                 problems.append(f"{map_id}/{version}: {e}")
         return maps, len(active), problems
 
-    # feature sets ------------------------------------------------------------------------------
-    def feature_set(self, map_id: str, version: str, requested: str | None) -> FeatureSet:
-        """The map version's feature set a request asks for (None: its first set); 422 naming the
-        sets it has when it lacks the one asked for. Manifests are read once per version."""
+    def forget(self, map_id: str, version: str | None = None) -> None:
+        """Drop what is kept of a deleted version (or of every version of a deleted map, and its
+        live fleet): a map id and version reused later must not find the old bundle's data."""
+        self.cache.evict(map_id, version)
+        self.mapdata.evict(map_id, version)
+        for key in [k for k in list(self._manifests) if k[0] == map_id and version in (None, k[1])]:
+            self._manifests.pop(key, None)
+            self._valid_bundles.discard(key)
+        if version is None:
+            self.fleet.forget_map(map_id)
+
+    def manifest(self, map_id: str, version: str) -> dict:
+        """The version's manifest, read once (503 when it cannot be read)."""
         key = (map_id, version)
         manifest = self._manifests.get(key)
         if manifest is None:
@@ -159,6 +183,27 @@ class Service:
             except VlocError as e:
                 raise ApiError(503, f"map {map_id!r} version {version!r} cannot be read: {e}") from None
             self._manifests[key] = manifest
+        return manifest
+
+    def cameras(self, map_id: str, version: str) -> MapCameras:
+        """The version's map cameras and image poses (cached; 503 when the model cannot be read)."""
+        def read() -> MapCameras:
+            try:
+                return read_cameras(self.registry.version_dir(map_id, version))
+            except Exception as e:  # pycolmap raises its own types on a broken model
+                raise ApiError(503, f"map {map_id!r} version {version!r}: cannot read its model: {e}") from None
+        return self.mapdata.get((map_id, version, "cameras"), read)
+
+    def level(self, map_id: str, version: str) -> tuple[np.ndarray, str]:
+        """(level_from_map (3, 3), source) of a version: the frame of its floor plans (cached)."""
+        return self.mapdata.get((map_id, version, "level"),
+                                lambda: level_frame(self.manifest(map_id, version), self.cameras(map_id, version)))
+
+    # feature sets ------------------------------------------------------------------------------
+    def feature_set(self, map_id: str, version: str, requested: str | None) -> FeatureSet:
+        """The map version's feature set a request asks for (None: its first set); 422 naming the
+        sets it has when it lacks the one asked for. Manifests are read once per version."""
+        manifest = self.manifest(map_id, version)
         try:
             return resolve_feature_set(manifest, requested, f"map {map_id!r} version {version!r}")
         except VlocError as e:
@@ -167,18 +212,22 @@ class Service:
     # localization ------------------------------------------------------------------------------
     async def localize(self, map_id: str, image: bytes, camera: CameraIn, prior: PriorIn | PosePrior | None,
                        source: str, extra: dict | None = None, deadline_mono: float | None = None,
-                       features: str | None = None) -> Outcome:
+                       features: str | None = None, inliers: bool = False,
+                       received_mono: float | None = None) -> Outcome:
         """Localize one frame on the map's active version (see module docstring).
 
         deadline_mono: time.monotonic() after which a frame still waiting for a worker is dropped
         (raises StaleFrame) instead of being localized late. features: the feature set to use.
         Frames on learned feature sets go through the micro-batcher (``max_batch`` > 1).
+        inliers: add the PnP inliers to the payload. received_mono: when the frame arrived (the
+        live fleet's latency; default now). ``extra["robot_id"]`` puts the answer on the fleet board.
         """
         rec = await asyncio.to_thread(self.active, map_id)
         fs = await asyncio.to_thread(self.feature_set, map_id, rec.version, features)
         if isinstance(prior, PriorIn):
             prior = PosePrior(np.asarray(prior.position, np.float64), float(prior.sigma))
-        job = _Job(image, camera, prior, source, extra or {}, deadline_mono)
+        job = _Job(image, camera, prior, source, extra or {}, deadline_mono, inliers,
+                   time.monotonic() if received_mono is None else received_mono)
         if fs.learned and self.settings.max_batch > 1:
             return await self.batcher.submit((map_id, rec.version, fs.name), job)
         submitted = time.perf_counter()
@@ -221,7 +270,39 @@ class Service:
                        prior_used=job.prior is not None, batch_size=batch_size, **job.extra)
         if loaded.georef is not None and result.cam_from_world is not None:
             payload.update(finite_or_none(loaded.georef.locate(result.world_from_cam)))
+        if job.inliers:
+            kp, xyz = result.inlier_keypoints, result.inlier_points3D
+            payload["inliers"] = {"keypoints": [] if kp is None else np.round(kp, 2).tolist(),
+                                  "points3D": [] if xyz is None else np.round(xyz, 4).tolist()}
+        if job.extra.get("robot_id"):
+            try:
+                self._on_fleet(map_id, loaded.version, job, result, payload)
+            except Exception:  # noqa: BLE001  (the live view must never cost a robot its answer)
+                log.exception("live fleet update of robot %r failed", job.extra.get("robot_id"))
         return Outcome(result, payload)
+
+    def _on_fleet(self, map_id: str, version: str, job: "_Job", result: LocalizationResult, payload: dict) -> None:
+        """Put one answer on the live board: the pose in the level frame of the floor plans."""
+        answer = {"map_version": version, "source": job.source, "accepted": bool(result.accepted),
+                  "reason": result.reason, "num_inliers": int(result.num_inliers),
+                  "latency_ms": round((time.monotonic() - job.received_mono) * 1000, 1), "last_seen": time.time()}
+        pose = None
+        if result.accepted and result.cam_from_world is not None:
+            level, _ = self.level(map_id, version)
+            world_from_cam = result.world_from_cam
+            c = world_from_cam.translation
+            cl = level @ c
+            axis = level @ world_from_cam.rotation[:, 2]
+            ellipse = None
+            if result.covariance is not None and np.all(np.isfinite(result.covariance)):
+                cov = level @ centre_covariance(result.cam_from_world, result.covariance) @ level.T
+                ellipse = centre_ellipse(cov[:2, :2])
+            pose = finite_or_none({
+                "position": [float(v) for v in c], "xy": [float(cl[0]), float(cl[1])], "z": float(cl[2]),
+                "heading_deg": math.degrees(math.atan2(axis[1], axis[0])), "ellipse": ellipse,
+                "position_sigma_m": result.position_sigma_m, "rotation_sigma_deg": result.rotation_sigma_deg,
+                "last_accepted": answer["last_seen"]})
+        self.fleet.record(map_id, str(job.extra["robot_id"]), answer, pose)
 
     def _localize_blocking(self, map_id: str, version: str, features: str, job: "_Job",
                            submitted: float) -> Outcome:
@@ -268,3 +349,5 @@ class _Job:
     source: str
     extra: dict
     deadline_mono: float | None
+    inliers: bool = False
+    received_mono: float = 0.0

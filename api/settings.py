@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     max_bundle_bytes: int = Field(8 * GiB, ge=1024)
     #: most members in a bundle archive -> 413.
     max_bundle_members: int = Field(100_000, ge=1)
-    #: server-side directories bundles may be registered from by path (empty: any path an admin names).
+    #: server-side directories bundles may be registered from by path (``{"path": ...}``); empty (the
+    #: default): registration by path is off and only tar uploads are accepted. From the environment
+    #: as JSON: ``VLOC_IMPORT_ROOTS='["/srv/bundles"]'``; ``vloc serve --import-root DIR``.
     import_roots: list[Path] = Field(default_factory=list)
 
     # serving ---------------------------------------------------------------------------------
@@ -86,6 +88,21 @@ class Settings(BaseSettings):
     #: an open session re-checks its API key (revoked? map still granted?) this often, seconds;
     #: a session whose key no longer allows the map is closed with code 4401 / 4403.
     stream_key_recheck_s: float = Field(1.0, gt=0)
+
+    # console and map data --------------------------------------------------------------------
+    #: serve the operator console (static files) at ``/console/``.
+    console: bool = True
+    #: most points one ``GET /v1/maps/{id}/points`` may ask for (``max_points`` above it -> 422).
+    max_points_limit: int = Field(2_000_000, ge=1)
+    #: the live fleet endpoint sends a robot's update at most this often per connection, seconds
+    #: (updates in between are merged), and a heartbeat at least once a second.
+    live_min_interval_s: float = Field(0.1, ge=0.0, le=1.0)
+    #: accepted positions kept per robot for the tracks on the floor plan.
+    fleet_track_points: int = Field(300, ge=0, le=100_000)
+    #: a robot not heard from for this long leaves the live fleet, seconds.
+    fleet_forget_s: float = Field(600.0, gt=0)
+    #: most robots kept per map on the live board (the least recently seen go first).
+    fleet_max_robots: int = Field(1000, ge=1)
 
     #: memory-map map descriptors from uncompressed sidecars in ``DATA/mmap`` (shared page cache
     #: across worker processes, near-free reloads); off = decompress them into each process.

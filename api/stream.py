@@ -12,7 +12,8 @@ Client -> server, one **binary** message per frame::
 
 The header is :class:`api.models.StreamFrameMeta`: ``{"frame_id": 7, "camera": {"model":
 "PINHOLE", "width": 640, "height": 480, "params": [...]}, "timestamp": 1700000000.25}``
-(``camera`` may be left out after the first frame; ``prior`` may force a prior).
+(``camera`` may be left out after the first frame; ``prior`` may force a prior; ``robot_id``
+names the robot on the live fleet, default the key's name).
 
 Server -> client, one **text** message (JSON, :class:`api.models.StreamReply`) per frame, in
 the order the frames were sent:
@@ -97,8 +98,11 @@ def parse_frame(data: bytes, max_meta_bytes: int) -> tuple[StreamFrameMeta, byte
 class StreamSession:
     """One WebSocket session: a receive loop that queues frames, a process loop that answers them."""
 
-    def __init__(self, ws: WebSocket, service: Service, map_id: str, token: str | None = None) -> None:
+    def __init__(self, ws: WebSocket, service: Service, map_id: str, token: str | None = None,
+                 robot_id: str | None = None) -> None:
         self.ws, self.service, self.map_id, self.token = ws, service, map_id, token
+        #: the robot's name on the live fleet: the header's ``robot_id`` once given, else this default
+        self.robot_id = robot_id
         self.key_checked = time.monotonic()
         s = service.settings
         self.settings = s
@@ -196,12 +200,14 @@ class StreamSession:
         t = meta.timestamp if meta.timestamp is not None else f.received_wall
         prior = meta.prior or self.tracker.prior(t)
         tracking = "tracking" if prior is not None else ("lost" if self.tracker.state == "lost" else "global")
+        robot_id = meta.robot_id or self.robot_id
         try:
             # the frame may also go stale while it waits for a worker: a second check there
             out = await self.service.localize(self.map_id, f.image, camera, prior, "stream",
-                                              {"frame_id": f.frame_id, "timestamp": meta.timestamp},
+                                              {"frame_id": f.frame_id, "timestamp": meta.timestamp,
+                                               "robot_id": robot_id},
                                               deadline_mono=f.received_mono + limits.max_queue_s,
-                                              features=meta.features or self.features)
+                                              features=meta.features or self.features, received_mono=f.received_mono)
         except StaleFrame:
             return {"frame_id": f.frame_id, "dropped": True,
                     **limits.verdict(time.monotonic() - f.received_mono, past_deadline=True)}
@@ -212,6 +218,7 @@ class StreamSession:
             return self._error(f.frame_id, 500, "internal server error")
         self.camera = camera
         self.features = meta.features or self.features
+        self.robot_id = robot_id
         res = out.result
         if out.payload["map_version"] != self.version:  # a new version may have another frame
             self.tracker.reset()
@@ -251,7 +258,7 @@ async def stream(websocket: WebSocket, map_id: str) -> None:
     await websocket.accept()
     service.metrics.stream_sessions.inc()
     try:
-        await StreamSession(websocket, service, map_id, token).run()
+        await StreamSession(websocket, service, map_id, token, principal.name or principal.key_id).run()
     finally:
         service.metrics.stream_sessions.dec()
         try:

@@ -22,18 +22,18 @@ from api.stream import HEADER
 
 
 class LiveServer:
-    """Run an ASGI app with uvicorn in a background thread on 127.0.0.1 (a free port).
+    """Run an ASGI app with uvicorn in a background thread on 127.0.0.1 (a free port, or ``port``).
 
     ``with LiveServer(app) as srv: httpx.get(srv.url + "/healthz")``; ``srv.ws_url`` for WS.
     """
 
-    def __init__(self, app, ws_max_size: int = 32 << 20) -> None:
+    def __init__(self, app, ws_max_size: int = 32 << 20, port: int = 0) -> None:
         self.app = app
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening
         # socket says so (with proto 0, every response waits ~40 ms for a delayed ACK)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -53,6 +53,9 @@ class LiveServer:
         return self
 
     def stop(self) -> None:
+        service = getattr(getattr(self.app, "state", None), "vloc", None)
+        if service is not None:
+            service.begin_shutdown()  # live fleet streams end instead of holding the shutdown
         self.server.should_exit = True
         self.thread.join(15)
         self.sock.close()
@@ -113,4 +116,28 @@ def shared_test_map(seed: int = 5, frames: int = 24) -> TestMap:
             records = write_dataset(scene, root, frames)
             build_map(root, records, root / "map")
             _SHARED[key] = TestMap(scene, root / "map", {r.name: r.cam_from_world for r in records})
+        return _SHARED[key]
+
+
+def layered_test_map(seed: int = 5, frames: int = 24) -> TestMap:
+    """:func:`shared_test_map` with HD layers (once per process, ~2 s more): a copy of its bundle with
+    a TSDF mesh of every other RGB-D frame, floors and an occupancy grid (``BUNDLE/layers/``)."""
+    key = f"layers-{seed}-{frames}"
+    base = shared_test_map(seed, frames)
+    with _LOCK:
+        if key not in _SHARED:
+            from datasets.synthetic import DEFAULT_CAMERA
+            from hdmap.layers.build import LayersConfig, build_layers
+            from hdmap.layers.depth import load_depth_folder
+            from hdmap.layers.mesh import TsdfConfig
+            from hdmap.layers.ortho import OrthoConfig
+            out = base.bundle.parent / "map-layers"
+            if not out.exists():
+                tmp = base.bundle.parent / ".map-layers"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(base.bundle, tmp)
+                depth = load_depth_folder(base.bundle.parent, DEFAULT_CAMERA, registered_colour=True, stride=2)
+                build_layers(tmp, LayersConfig(tsdf=TsdfConfig(voxel=0.05), ortho=OrthoConfig(resolution=0.05)), depth)
+                tmp.rename(out)
+            _SHARED[key] = TestMap(base.scene, out, base.poses)
         return _SHARED[key]

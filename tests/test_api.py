@@ -47,9 +47,11 @@ def queries(tmap):
 
 @pytest.fixture(scope="module")
 def svc(tmap, tmp_path_factory):
-    """A server with map 'room' (version 1, active) and keys: admin, robot (room), other robot."""
+    """A server with map 'room' (version 1, active) and keys: admin, robot (room), other robot.
+    Bundles may be registered by path from the test map's folder and the tests' temp dirs."""
     data = tmp_path_factory.mktemp("api-data")
-    app = create_app(Settings(data_dir=data, workers=2))
+    app = create_app(Settings(data_dir=data, workers=2,
+                              import_roots=[tmap.bundle.parent, tmp_path_factory.getbasetemp()]))
     reg = app.state.vloc.registry
     keys = {"admin": reg.create_key("admin", name="ops")[1], "robot": reg.create_key("robot", ["room"])[1],
             "other": reg.create_key("robot", ["elsewhere"])[1], "bad": "vloc_not-a-real-key"}

@@ -51,7 +51,7 @@ def svc(tmap, tmp_path_factory):
 
 
 def _server(settings, tmap):
-    app = create_app(settings)
+    app = create_app(settings.model_copy(update={"import_roots": [tmap.bundle.parent]}))
     reg = app.state.vloc.registry
     keys = {"admin": reg.create_key("admin")[1], "robot": reg.create_key("robot", ["room"])[1],
             "other": reg.create_key("robot", ["elsewhere"])[1]}

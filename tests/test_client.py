@@ -41,7 +41,8 @@ def svc(tmap, tmp_path_factory):
     by the client's tar upload (the test of register_map)."""
     data = tmp_path_factory.mktemp("client-data")
     app = create_app(Settings(data_dir=data, workers=2, max_frame_age_s=30,
-                              max_queue_wait_s=0))  # staleness and load shedding are tested elsewhere
+                              max_queue_wait_s=0,  # staleness and load shedding are tested elsewhere
+                              import_roots=[tmap.bundle.parent, tmp_path_factory.getbasetemp()]))
     reg = app.state.vloc.registry
     keys = {"admin": reg.create_key("admin")[1], "robot": reg.create_key("robot", ["room", "room2"])[1],
             "other": reg.create_key("robot", ["elsewhere"])[1]}

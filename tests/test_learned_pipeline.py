@@ -153,7 +153,7 @@ def test_a_disk_map_builds_and_localizes(images, queries, tmp_path):
 def test_service_feature_sets_422_and_micro_batches(bundle, queries, tmp_path):
     out = bundle[0]
     app = create_app(Settings(data_dir=tmp_path / "data", workers=2, device="cpu", max_batch=3,
-                              max_batch_wait_ms=500, learned_matcher="nn"))
+                              max_batch_wait_ms=500, learned_matcher="nn", import_roots=[out.parent]))
     reg = app.state.vloc.registry
     admin, robot = reg.create_key("admin")[1], reg.create_key("robot", ["room"])[1]
     with LiveServer(app) as srv, http_client(srv.url) as c:

@@ -77,7 +77,7 @@ def served_room(tmp_path_factory):
     robot_key = reg.create_key("robot", ["room"], name="t-robots")[1]
     # frames may wait long on 2 shared cores: no stale drops here (drops are counted, not tested)
     settings = Settings(data_dir=data, workers=2, log_level="warning", max_frame_age_s=30,
-                        max_queue_wait_s=0)
+                        max_queue_wait_s=0, import_roots=[tm.bundle.parent])
     with LiveServer(create_app(settings)) as srv:
         with VlocClient(srv.url, admin_key, timeout=300) as admin:
             admin.register_map_path("room", tm.bundle)

@@ -320,7 +320,7 @@ def test_service_backend_localizes_through_a_live_server(tmap, walk, tmp_path):
     from core.types import VlocError
     from robots.backend import make_backend
 
-    app_ = create_app(Settings(data_dir=tmp_path / "data", workers=1))
+    app_ = create_app(Settings(data_dir=tmp_path / "data", workers=1, import_roots=[tmap.bundle.parent]))
     reg = app_.state.vloc.registry
     admin, robot = reg.create_key("admin")[1], reg.create_key("robot", ["room"])[1]
     with LiveServer(app_) as srv:
