@@ -12,12 +12,16 @@ APT_PKGS := libusb-1.0-0 libgl1 libgomp1 libglib2.0-0
 # cannot be installed the bridge says so and its test skips with that reason.
 APT_ROS1 := ros-core python3-rospy python3-geometry-msgs python3-sensor-msgs python3-tf2-msgs
 STAMP_ROS1 := $(VENV)/.ros1-stamp
+# Debian's Chromium and its WebDriver for the operator console's browser tests and `vloc bench
+# console`; optional: when apt cannot install them those tests skip and say why.
+APT_BROWSER := chromium chromium-driver
+STAMP_BROWSER := $(VENV)/.browser-stamp
 PIP_FLAGS := --disable-pip-version-check -c constraints.txt
 TORCH_WHEEL_DIR ?= /opt/wheels
 
 .PHONY: install demo test bench clean-venv
 
-install: $(STAMP_DEPS) $(STAMP_ROS1)
+install: $(STAMP_DEPS) $(STAMP_ROS1) $(STAMP_BROWSER)
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null || PY=python3; $${PY:-$(PY)} -m venv $(VENV) || python3 -m venv $(VENV)
@@ -41,6 +45,17 @@ $(STAMP_ROS1):
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null ) \
 	    || echo "note: ROS 1 packages could not be installed; the ROS 1 bridge test will skip"; \
+	fi
+	@touch $@
+
+$(STAMP_BROWSER):
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_BROWSER); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null ) \
+	    || echo "note: chromium / chromium-driver could not be installed; the console's browser tests will skip"; \
 	fi
 	@touch $@
 

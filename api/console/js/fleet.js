@@ -5,6 +5,7 @@ import { fmt } from './geometry.js';
 const stats = (window.vlocStats = window.vlocStats || {});
 const TRACK_POINTS = 300;
 export const STALE_S = 5;
+const LOG_MAX = 5000;
 
 export class FleetState {
   constructor() {
@@ -42,6 +43,17 @@ export class FleetState {
       this.tracks.delete(id);
     }
     for (const fn of this.listeners) fn(data.robots.length > 0 || (data.gone || []).length > 0);
+    if (data.robots.length) {
+      // when each answer showed: the animation frame after the listeners redrew (benchmarks read it)
+      const applied = Date.now();
+      const seen = data.robots.map((r) => [r.robot_id, r.frames, r.last_seen]);
+      requestAnimationFrame(() => {
+        const shown = Date.now();
+        const log = (stats.liveLog = stats.liveLog || []);
+        for (const [id, frames, lastSeen] of seen) log.push({ id, frames, lastSeen, applied, shown });
+        if (log.length > LOG_MAX) log.splice(0, log.length - LOG_MAX);
+      });
+    }
   }
 
   /** Seconds since a robot's last answer, on the server's clock. */

@@ -364,7 +364,7 @@ async function showPlan() {
       grids.set(o.floor, { ...o, bitmap: await createImageBitmap(blob) });
     }
     const sel = $('plan-floor');
-    sel.replaceChildren(...floors.map((f) => new Option(`${f.index} (${fmt(f.elevation, 2)} m)`, String(f.index))));
+    sel.replaceChildren(...floors.map((f) => new Option(`${f.index} (${fmt(f.elevation + 0, 2).replace(/^-(0\.0+)$/, "$1")} m)`, String(f.index))));
     const setFloor = (index) => {
       for (const p of [state.plan, state.fleetPlan]) {
         p.floors = floors;

@@ -34,7 +34,7 @@ export class Viewer {
     this.renderer.setPixelRatio(window.devicePixelRatio || 1);
     container.appendChild(this.renderer.domElement);
     this.scene = new THREE.Scene();
-    this.scene.background = new THREE.Color(0x0b0e12);
+    this.scene.background = new THREE.Color().setRGB(0x0b / 255, 0x0e / 255, 0x12 / 255, THREE.LinearSRGBColorSpace);
     this.scene.add(new THREE.AmbientLight(0xffffff, 0.6));
     const sun = new THREE.DirectionalLight(0xffffff, 0.8);
     sun.position.set(1, 2, 3);
@@ -138,10 +138,27 @@ export class Viewer {
   setMesh(buffer) {
     this.clear('mesh');
     const g = new PLYLoader().parse(buffer);
+    for (const [name, attr] of Object.entries(g.attributes)) { // Open3D writes doubles; WebGL takes float32
+      if (attr.array instanceof Float64Array) {
+        g.setAttribute(name, new THREE.BufferAttribute(new Float32Array(attr.array), attr.itemSize, attr.normalized));
+      }
+    }
     if (!g.getAttribute('normal')) g.computeVertexNormals();
-    const coloured = !!g.getAttribute('color');
-    const m = new THREE.MeshLambertMaterial({ color: coloured ? 0xffffff : 0x9aa7b4, vertexColors: coloured,
-                                               side: THREE.DoubleSide });
+    const colour = g.getAttribute('color');
+    let m;
+    if (colour) {
+      // PLYLoader turns the file's sRGB colours linear; this renderer shows colours as stored (like the
+      // points'), so back to the file's values, unlit: the texture the mesh was fused from
+      const c = new THREE.Color();
+      for (let i = 0; i < colour.count; i++) {
+        c.setRGB(colour.getX(i), colour.getY(i), colour.getZ(i), THREE.LinearSRGBColorSpace);
+        c.convertLinearToSRGB();
+        colour.setXYZ(i, c.r, c.g, c.b);
+      }
+      m = new THREE.MeshBasicMaterial({ vertexColors: true, side: THREE.DoubleSide });
+    } else {
+      m = new THREE.MeshLambertMaterial({ color: 0x9aa7b4, side: THREE.DoubleSide });
+    }
     this.groups.mesh.add(new THREE.Mesh(g, m));
     this.requestRender();
     return g.getAttribute('position').count;
