@@ -93,6 +93,28 @@ def test_sign_in_lists_the_maps_the_key_may_see_and_keeps_the_key_out_of_urls(se
     assert _console_errors(browser) == []
 
 
+def test_an_admin_activates_a_version_and_sees_the_history(server, browser, shots, lmap):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.add(lmap.bundle, arcname="map")
+    with http_client(server.url) as c:
+        r = c.post("/v1/maps/other-map/versions", files={"bundle": ("m.tar", buf.getvalue())},
+                   data={"activate": "false"}, headers={"Authorization": f"Bearer {server.keys['admin']}"})
+        assert r.status_code == 201, r.text
+    sign_in(browser, server.url, server.keys["admin"], "#/map/other-map/overview")
+    wait_for(browser, "document.querySelector(\"button[data-activate='2']\")")
+    assert len(browser.find_elements("css selector", "#versions-table tbody tr")) == 2
+    browser.find_element("css selector", "button[data-activate='2']").click()
+    wait_for(browser, "document.querySelector('#activation-history li') && "
+                      "document.querySelector('#activation-history li').textContent.includes('version 2')")
+    items = [li.text for li in browser.find_elements("css selector", "#activation-history li")]
+    assert len(items) == 2 and "version 1" in items[1]
+    assert browser.find_elements("css selector", "button[data-activate='2']") == []
+    wait_for(browser, "document.querySelector(\"#map-list li[data-map-id='other-map'] .badge\").textContent === 'v2'")
+    save(browser.get_screenshot_as_png(), shots / "activated.png")
+    assert _console_errors(browser) == []
+
+
 def test_3d_view_draws_points_cameras_and_mesh(server, browser, shots):
     sign_in(browser, server.url, server.keys["admin"], "#/map/lroom/3d")
     stats = wait_for(browser, "window.vlocStats && window.vlocStats.view3dFirstPoints")

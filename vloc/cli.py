@@ -8,6 +8,7 @@ import typer
 
 from api.cli import keys_app, serve_cmd
 from bench.cli import app as bench_app
+from bench.console_cli import console_bench_cmd
 from bench.fleet_cli import fleet_cmd
 from core.cli_util import user_errors
 from hdmap.aerial_cli import fuse_aerial_cmd
@@ -39,6 +40,7 @@ robots_app.command("ros1")(ros1_cmd)
 app = typer.Typer(help="vloc: indoor visual localization and HD maps for delivery robots.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(map_app, name="map")
+bench_app.command("console")(console_bench_cmd)
 app.add_typer(bench_app, name="bench")
 app.add_typer(robots_app, name="robots")
 app.command("localize")(localize_cmd)
@@ -58,15 +60,18 @@ def version() -> None:
 def demo(workdir: Optional[Path] = typer.Option(None, "--workdir", help="where to write (default: a temp dir)"),
          frames: int = typer.Option(24, "--frames", min=4), seed: int = typer.Option(0, "--seed"),
          robot_frames: int = typer.Option(12, "--robot-frames", min=0,
-                                          help="frames the simulated robot localizes through the API (0: skip)")
+                                          help="frames the simulated robot localizes through the API (0: skip)"),
+         no_wait: bool = typer.Option(False, "--no-wait", help="stop the server at the end instead of serving "
+                                                               "the console until Enter (CI)")
          ) -> None:
     """Run the main job on the embedded default: generated room -> map bundle -> accuracy vs truth ->
-    service on loopback -> a robot localizing through REST and a stream."""
+    service on loopback -> a robot localizing through REST and a stream -> the operator console's
+    URL, served (the robot moving on it) until Enter unless --no-wait."""
     from rich.console import Console
     from rich.table import Table
 
     from vloc.demo import print_service_demo, run_demo
-    summary = run_demo(workdir, frames, seed, robot_frames)
+    summary = run_demo(workdir, frames, seed, robot_frames, wait=not no_wait)
     service = summary.pop("service", None)
     console = Console()
     t = Table(title="vloc demo: map of a generated room, checked against its exact truth")

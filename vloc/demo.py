@@ -7,22 +7,31 @@ on 127.0.0.1, data dir in the work dir) with an admin key and a robot key grante
 (tar.gz upload by :class:`api.client.VlocClient`); the robot then drives another pass through the
 room and localizes each frame first by REST (stateless, no prior), then over one streaming
 session (the server's motion prior from the previous poses narrows retrieval); errors against the
-renderer's exact poses, latencies = client round trips; the server stops at the end.
+renderer's exact poses, latencies = client round trips.
+
+Then the operator console: the map gets its HD layers (TSDF mesh, floors, occupancy grid from the
+rendered depth), the console's URL and the admin key are printed, and the robot keeps driving
+its pass over a stream session (so it moves on the console's live fleet) until Enter is pressed;
+``wait=False`` (``vloc demo --no-wait``, CI) or a closed stdin stops the server at once.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from core.progress import Reporter
 
 
-def run_demo(workdir: Path | None = None, n_frames: int = 24, seed: int = 0, robot_frames: int = 12) -> dict:
+def run_demo(workdir: Path | None = None, n_frames: int = 24, seed: int = 0, robot_frames: int = 12,
+             wait: bool = False) -> dict:
     """Generate a textured room (exact truth), render a camera loop, build its map, check it; then
-    (robot_frames > 0) serve it and localize a robot's pass through the API: ``summary["service"]``."""
+    (robot_frames > 0) serve it and localize a robot's pass through the API: ``summary["service"]``;
+    ``wait``: keep serving the console (a robot moving) until Enter (module docstring)."""
     import numpy as np
     import pycolmap
 
@@ -48,8 +57,24 @@ def run_demo(workdir: Path | None = None, n_frames: int = 24, seed: int = 0, rob
                "points_within_1cm_pct": float(np.mean(d <= 0.01) * 100),
                "build_s": s["build_seconds"], "kB_per_image": s["bytes_per_image"] / 1e3}
     if robot_frames > 0:
-        summary["service"] = run_service_demo(scene, workdir / "map", workdir, robot_frames, reporter=reporter)
+        _add_layers(workdir / "map", workdir / "images", reporter)
+        summary["service"] = run_service_demo(scene, workdir / "map", workdir, robot_frames, reporter=reporter,
+                                              wait=wait)
     return summary
+
+
+def _add_layers(bundle: Path, images: Path, reporter: Reporter) -> None:
+    """HD layers for the console's mesh and floor plan, from the rendered depth (every 2nd frame)."""
+    from datasets.synthetic import DEFAULT_CAMERA
+    from hdmap.layers.build import LayersConfig, build_layers
+    from hdmap.layers.depth import load_depth_folder
+    from hdmap.layers.mesh import TsdfConfig
+    from hdmap.layers.ortho import OrthoConfig
+    t = time.perf_counter()
+    depth = load_depth_folder(images, DEFAULT_CAMERA, registered_colour=True, stride=2)
+    build_layers(bundle, LayersConfig(tsdf=TsdfConfig(voxel=0.05), ortho=OrthoConfig(resolution=0.05)), depth,
+                 reporter=reporter)
+    reporter.log(f"HD layers (mesh, floors, occupancy grid) for the console in {time.perf_counter() - t:.1f} s")
 
 
 def _pose_row(reply: dict, truth, latency_s: float) -> dict:
@@ -75,7 +100,7 @@ def _mode_summary(rows: list[dict]) -> dict:
 
 
 def run_service_demo(scene, bundle: Path, workdir: Path, n_frames: int = 12, pass_id: int = 1, workers: int = 2,
-                     reporter: Reporter | None = None) -> dict:
+                     reporter: Reporter | None = None, wait: bool = False) -> dict:
     """Serve ``bundle`` on loopback and localize ``scene.trajectory(n_frames, pass_id)`` through the
     API, REST then stream (module docstring). Returns per-frame rows and a summary per mode."""
     from api.app import create_app
@@ -123,10 +148,56 @@ def run_service_demo(scene, bundle: Path, workdir: Path, n_frames: int = 12, pas
                     else:
                         row = _pose_row(reply, truth, time.perf_counter() - t)
                     stream.append(row)
+        # plain prints on stdout (not the reporter's wrapped stderr): a user copies them as they are
+        print(f"operator console: {srv.url}/console/#/map/room/fleet", flush=True)
+        print(f"admin key (paste it there): {admin_key}", flush=True)
+        print(f"robot key (map 'room' only): {robot_key}", flush=True)
+        if wait:
+            with _robot_loop(srv.url, robot_key, frames, reporter):
+                _wait_for_enter("the robot keeps driving its pass; press Enter to stop the server")
     reporter.log("server stopped")
     return {"frames": n_frames, "pass_id": pass_id, "workers": workers, "rest": rest,
             "stream": stream, "summary": {"rest": _mode_summary(rest), "stream": _mode_summary(stream)},
             "seconds": time.perf_counter() - t_start}
+
+
+@contextlib.contextmanager
+def _robot_loop(url: str, robot_key: str, frames: list, reporter: Reporter):
+    """A thread that streams ``frames`` round and round (one stream session, robot 'demo-robot':
+    the key's name) at about 2 frames a second, until the context exits."""
+    from api.client import VlocClient
+    from datasets.synthetic import DEFAULT_CAMERA
+    stop = threading.Event()
+
+    def drive() -> None:
+        try:
+            with VlocClient(url, robot_key, timeout=120) as robot, robot.stream("room") as session:
+                i = 0
+                while not stop.is_set():
+                    t = time.monotonic()
+                    session.localize(frames[i % len(frames)], DEFAULT_CAMERA if i == 0 else None, frame_id=i,
+                                     timestamp=time.time())
+                    i += 1
+                    stop.wait(max(0.0, 0.5 - (time.monotonic() - t)))
+        except Exception as e:  # noqa: BLE001  (the demo goes on; the server's stop ends the stream)
+            if not stop.is_set():
+                reporter.log(f"demo robot stopped: {e}")
+
+    thread = threading.Thread(target=drive, name="demo-robot", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def _wait_for_enter(prompt: str) -> None:
+    """Block until Enter; return at once when stdin is closed (``< /dev/null``)."""
+    try:
+        input(f"{prompt} ... ")
+    except (EOFError, KeyboardInterrupt):
+        pass
 
 
 def print_service_demo(service: dict, console=None) -> None:
