@@ -190,11 +190,17 @@ class QueryRun:
     reasons: list[str]
     latency_runs: list[list[float]] = field(default_factory=list)
     stage_runs: list[list[dict]] = field(default_factory=list)
+    #: per query, the reported 1-sigma camera-centre (m) and rotation (deg) uncertainty (None: none)
+    sigma_t_m: list[float | None] = field(default_factory=list)
+    sigma_r_deg: list[float | None] = field(default_factory=list)
 
     def metrics(self) -> dict:
         m = accuracy_metrics(self.t_err_m, self.r_err_deg, rejected=sum(not a for a in self.accepted))
         m["latency_ms"] = latency_metrics(self.latency_runs, self.stage_runs)
+        from bench.sevenscenes_cv import beyond_3sigma_pct
+        m["accepted_beyond_3sigma_pct"] = beyond_3sigma_pct(self)
         return m
+
 
 
 def read_rgb(path: Path, camera: Camera | None = None) -> np.ndarray:
@@ -234,7 +240,8 @@ def run_queries(localizer, images: Sequence[np.ndarray], records: Sequence[Image
     accepted = [bool(r.accepted and r.cam_from_world is not None) for r in first]
     t, r = query_errors([x.cam_from_world for x in first], accepted, [rec.cam_from_world for rec in records])
     return QueryRun([rec.name for rec in records], t, r, accepted, [x.reason for x in first],
-                    latency_runs, stage_runs)
+                    latency_runs, stage_runs, [x.position_sigma_m for x in first],
+                    [x.rotation_sigma_deg for x in first])
 
 
 def _map_stats(manifest: dict, build_s: float) -> dict:
@@ -261,11 +268,8 @@ def load_ground_truth(root: Path, gt: str, seq: str = "01", reporter: Reporter =
 def run_7scenes_bench(root: Path, out_json: Path | None = Path("bench-results/7scenes.json"), repeats: int = 1,
                       cfg: Bench7ScenesConfig = Bench7ScenesConfig(), reporter: Reporter = QUIET,
                       workdir: Path | None = None, maps_dir: Path | None = None) -> dict:
-    """Run both protocols against both ground truths, plus the degradations; write JSON + CDF plot.
-
-    Returns the result dict (the JSON).  Per-query errors stay out of the JSON; use
-    :func:`run_7scenes_bench_full` to get them.
-    """
+    """Run the protocols against both ground truths, plus the degradations; write JSON + CDF plot.
+    Returns the result dict (the JSON); :func:`run_7scenes_bench_full` also the per-query errors."""
     return run_7scenes_bench_full(root, out_json, repeats, cfg, reporter, workdir, maps_dir)[0]
 
 
@@ -458,15 +462,16 @@ def markdown_table(result: dict) -> str:
     """One row per protocol/ground truth and per degradation; then the maps and the machine."""
     from bench.machine import machine_line
     head = ("| run | gt | queries | rejected | median t (cm) | median r (deg) | 2cm/1deg % | 5cm/5deg % "
-            "| 10cm/1deg % | 25cm/2deg % | 1m/5deg % | p50 ms | p90 ms |")
+            "| 10cm/1deg % | 25cm/2deg % | 1m/5deg % | p50 ms | p90 ms | accepted beyond 3 sigma % |")
     rows = [head, "|---" * (head.count("|") - 1) + "|"]
 
     def row(name: str, gt: str, m: dict) -> str:
-        lat = m["latency_ms"]
+        lat, cal = m["latency_ms"], m.get("accepted_beyond_3sigma_pct")
+        cal = "-" if cal is None else f"{cal:.1f}"
         return (f"| {name} | {gt} | {m['n_queries']} | {m['rejected']} | {_fmt(m['median_t_cm'], 1)} "
                 f"| {_fmt(m['median_r_deg'], 2)} | {_fmt(m['pct_2cm_1deg'], 1)} | {_fmt(m['pct_5cm_5deg'], 1)} "
                 f"| {_fmt(m['pct_10cm_1deg'], 1)} | {_fmt(m['pct_25cm_2deg'], 1)} | {_fmt(m['pct_1m_5deg'], 1)} "
-                f"| {_fmt(lat['p50'], 0)} | {_fmt(lat['p90'], 0)} |")
+                f"| {_fmt(lat['p50'], 0)} | {_fmt(lat['p90'], 0)} | {cal} |")
 
     for protocol in PROTOCOLS:
         for gt, m in result.get(protocol, {}).get("gt", {}).items():

@@ -46,6 +46,18 @@ def accepted_beyond(run, t_m: float = WRONG_T_M, r_deg: float = WRONG_R_DEG) -> 
     return int(np.count_nonzero(acc & ((t > t_m) | (r > r_deg))))
 
 
+def beyond_3sigma_pct(run) -> float | None:
+    """Calibration: % of the accepted poses whose translation error exceeds 3 times the reported
+    camera-centre sigma or whose rotation error exceeds 3 times the rotation sigma (None: no
+    accepted pose with sigmas)."""
+    if not run.sigma_t_m:
+        return None
+    hits = [t > 3 * st or r > 3 * sr for t, r, st, sr, a in
+            zip(run.t_err_m, run.r_err_deg, run.sigma_t_m, run.sigma_r_deg, run.accepted)
+            if a and st is not None and sr is not None]
+    return 100.0 * float(np.mean(hits)) if hits else None
+
+
 def _mean(values: list) -> float | None:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(vals)) if len(vals) == len(values) and vals else None

@@ -79,6 +79,10 @@ class LocalizerConfig:
     #: the coarse pose is kept only when accepted with at least this many inliers (20 = whenever
     #: it is accepted), else the full setting runs.
     coarse_min_inliers: int = 20
+    #: ... and only when its camera-centre sigma (with the map points' uncertainty) is at most
+    #: this (0 = whenever accepted); else the full setting runs too and the more certain accepted
+    #: pose of the two is returned.
+    coarse_max_position_sigma_m: float = 0.0
 
     # tracking (a pose prior is given): a cheaper first attempt, the full setting as fallback -----
     #: working resolution while tracking (0 = no tracking mode: priors only narrow retrieval).
@@ -104,13 +108,43 @@ class LocalizerConfig:
     #: seed of RANSAC (deterministic results for a given frame and map).
     seed: int = 0
 
+    # pose covariance with the map points' uncertainty (localize.uncertainty) -------------------
+    #: weigh each inlier by its pixel noise plus its map point's covariance projected into the
+    #: query (``point_quality`` of the bundle), re-refine the pose with those weights and report
+    #: their covariance (Cauchy loss at 1 sigma, as pycolmap's unweighted refinement). Chosen on
+    #: the cv mean (`vloc bench 7scenes --protocol cv`, redkitchen 300 frames, 6 folds, 2026-12-04):
+    #: 83.8 % within 2 cm / 1 deg vs 79.2 % without, accepted poses beyond 15 cm / 5 deg 0 vs 5
+    #: (both attempts of every query: 280 vs 258 of 341 poses within 2 cm / 1 deg).
+    point_uncertainty: bool = True
+    #: query keypoint noise (pixels at the attempt's working resolution; scaled to native pixels).
+    #: On the cv folds 0.7 / 1.0 / 1.5 px gave 278 / 280 / 277 of 341 poses within 2 cm / 1 deg.
+    query_keypoint_sigma_px: float = 1.0
+    #: the map's own accuracy (camera centre metres, orientation degrees), added to every pose
+    #: covariance: no number of correspondences averages it away. Chosen on the cv calibration
+    #: (share of accepted poses beyond 3 sigma): 0 / 0 -> 46 %, 1 cm / 0.25 deg -> 5 %.
+    map_sigma_m: float = 0.01
+    map_sigma_deg: float = 0.25
+
+    #: guided matching after RANSAC (localize.guided): each retrieved map point is matched to the
+    #: query keypoints within this radius (pixels at the working resolution) of its projection,
+    #: then the pose is re-refined on all of them (0 = off).
+    guided_radius_px: float = 0.0
+    #: ratio test among those nearby keypoints and the largest RootSIFT L2 distance accepted.
+    guided_ratio: float = 0.9
+    guided_max_distance: float = 0.9
+
     # acceptance (a pose that fails any is returned as a rejection) ------------------------
     # Measured: frames of other places (other rooms, outdoor streets, Strecha facades) against a
     # redkitchen map reach 5-8 inliers at ratios 0.03-0.04, while degraded true frames keep 20+.
     min_inliers: int = 20
     min_inlier_ratio: float = 0.08
     #: largest 1-sigma camera-centre uncertainty (metres) from the refinement covariance.
-    max_position_sigma_m: float = 0.10
+    #: With ``point_uncertainty`` chosen on the cv mean (6 folds, both attempts, 341 poses with
+    #: >= 20 inliers): true poses (<= 15 cm / 5 deg) reach 2.5 cm at the 99th percentile (before the
+    #: 1 cm map floor), the wrong ones (one-pass map, 15-80 cm off) 4.6 cm and more; 3 cm keeps 329
+    #: of 332 true poses and no wrong one. (Without point uncertainty the wrong ones had 1.3-8 cm:
+    #: the former 0.10 let 5 of them through.)
+    max_position_sigma_m: float = 0.03
     #: largest 1-sigma rotation uncertainty (degrees).
     #: Measured (2026-11-29, redkitchen, 487 accepted queries of held-out splits and the
     #: degradations): true poses (<= 5 cm / 5 deg) reach 1.9 cm / 0.54 deg at most. A map of one

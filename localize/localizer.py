@@ -17,9 +17,11 @@ from core.camera import Camera
 from core.geometry import Rigid3
 from core.types import VlocError
 from localize.config import LocalizerConfig
+from localize.guided import guided_matches
 from localize.learned_match import lightglue_points, nn_points
 from localize.map import LocalizationMap
 from localize.result import LocalizationResult, PosePrior
+from localize.uncertainty import frame_floor_covariance, refine_with_point_uncertainty
 from vision.features import Features, SiftBackend, SiftConfig, root_sift
 from vision.matching import quantize_int8, search_int8_candidates
 from vision.retrieval import InvertedFile
@@ -126,9 +128,16 @@ class PoseEstimate:
         return int(self.inlier_mask.sum())
 
 
-def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, cfg: LocalizerConfig
+def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, cfg: LocalizerConfig,
+                  point_covariances: np.ndarray | None = None, pixel_sigma: float | None = None
                   ) -> PoseEstimate | None:
-    """LO-RANSAC PnP and non-linear refinement (pycolmap) from (N, 2) pixels and (N, 3) world points."""
+    """LO-RANSAC PnP and non-linear refinement (pycolmap) from (N, 2) pixels and (N, 3) world points.
+
+    With ``cfg.point_uncertainty`` the inliers are then weighted by ``pixel_sigma`` (native pixels;
+    default ``cfg.query_keypoint_sigma_px``) plus their points' (N, 3, 3) world covariances
+    projected into the query (None: pixel noise alone), the pose is re-refined with those weights
+    (:func:`localize.uncertainty.refine_with_point_uncertainty`) and its covariance is theirs plus
+    the map's own accuracy (``cfg.map_sigma_m``, ``cfg.map_sigma_deg``)."""
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = cfg.ransac_max_error_px
     est.ransac.max_num_trials = cfg.ransac_max_trials
@@ -142,12 +151,28 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, cf
     inl = np.asarray(ans["inlier_mask"], bool)
     cov = ans.get("covariance")
     cov = rotvec_covariance(cov) if cov is not None else None
-    reproj = np.linalg.norm(camera.project(pose.transform(points3d[inl])) - points2d[inl], axis=1)
+    if cfg.point_uncertainty and inl.sum() >= 6:
+        w = refine_with_point_uncertainty(
+            points2d[inl], points3d[inl], camera, pose,
+            None if point_covariances is None else point_covariances[inl],
+            cfg.query_keypoint_sigma_px if pixel_sigma is None else pixel_sigma)
+        if w is not None:
+            pose = w.cam_from_world
+            cov = w.covariance + frame_floor_covariance(pose, cfg.map_sigma_m, cfg.map_sigma_deg)
+    return summarize_pose(pose, cov, inl, points2d, points3d, camera)
+
+
+def summarize_pose(cam_from_world: Rigid3, cov: np.ndarray | None, inl: np.ndarray, points2d: np.ndarray,
+                   points3d: np.ndarray, camera: Camera) -> PoseEstimate:
+    """PoseEstimate of a pose with its (6, 6) covariance (or None) and (N,) inlier mask over the
+    correspondences: median inlier reprojection error, 1-sigma centre and rotation uncertainty."""
+    reproj = np.linalg.norm(camera.project(cam_from_world.transform(points3d[inl])) - points2d[inl], axis=1)
     pos_sigma = rot_sigma = None
     if cov is not None and np.all(np.isfinite(cov)):
-        pos_sigma = float(np.sqrt(max(np.linalg.eigvalsh(centre_covariance(pose, cov)).max(), 0)))
+        pos_sigma = float(np.sqrt(max(np.linalg.eigvalsh(centre_covariance(cam_from_world, cov)).max(), 0)))
         rot_sigma = float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(cov[:3, :3]).max(), 0))))
-    return PoseEstimate(pose, cov, inl, float(np.nanmedian(reproj)) if len(reproj) else None, pos_sigma, rot_sigma)
+    return PoseEstimate(cam_from_world, cov, inl, float(np.nanmedian(reproj)) if len(reproj) else None,
+                        pos_sigma, rot_sigma)
 
 
 class Attempt(NamedTuple):
@@ -193,7 +218,8 @@ class Localizer:
                  mmap_dir: Path | None = None) -> None:
         """``mmap_dir``: memory-map the map's descriptors from sidecars there (see LocalizationMap.load)."""
         self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle), mmap_dir,
-                                                                                            cfg.features)
+                                                                                            cfg.features,
+                                                                                            cfg.point_uncertainty)
         self.cfg = cfg
         #: bytes of this map resident on the device (learned sets on CUDA), for the cache budget
         self.device_bytes = 0
@@ -300,7 +326,10 @@ class Localizer:
         """image: (H, W) or (H, W, 3) uint8 RGB matching ``camera`` in size. Returns the pose in the map frame.
 
         With a prior (tracking), a cheaper setting runs first (``tracking_*`` in the config); when
-        its pose is not accepted, the full setting runs with the same prior.
+        its pose is not accepted, the full setting runs with the same prior. Without a prior the
+        coarse attempt runs first; it is kept when accepted with ``coarse_min_inliers`` and a
+        camera-centre sigma within ``coarse_max_position_sigma_m``, else the full setting runs and
+        the more certain of the two accepted poses is returned.
         """
         if image.shape[1] != camera.width or image.shape[0] != camera.height:
             raise VlocError(f"image is {image.shape[1]}x{image.shape[0]} but the camera says "
@@ -313,12 +342,17 @@ class Localizer:
         if first is None or not a.reduces(first, max(image.shape[:2])):
             return self._localize(image, camera, prior, a.full)
         fast = self._localize(image, camera, prior, first)
-        if fast.accepted and fast.num_inliers >= min_inliers:
+        kept = fast.accepted and fast.num_inliers >= min_inliers
+        bar = c.coarse_max_position_sigma_m if prior is None else 0.0
+        if kept and (bar <= 0 or (fast.position_sigma_m or np.inf) <= bar):
             return fast
         full = self._localize(image, camera, prior, a.full)
-        full.timings_ms = {f"{first.name}_attempt": fast.timings_ms["total"], **full.timings_ms,
+        # a coarse pose above the sigma bar is still kept when the full setting is less certain
+        best = fast if kept and (not full.accepted or fast.position_sigma_m <= (full.position_sigma_m or np.inf)) \
+            else full
+        best.timings_ms = {f"{first.name}_attempt": fast.timings_ms["total"], **full.timings_ms,
                            "total": full.timings_ms["total"] + fast.timings_ms["total"]}
-        return full
+        return best
 
     def localize_batch(self, frames: list[tuple[np.ndarray, Camera, PosePrior | None]],
                        pool: ThreadPoolExecutor | None = None) -> list[LocalizationResult]:
@@ -381,12 +415,15 @@ class Localizer:
 
         xy = feats.keypoints[qi].astype(np.float64)
         xyz = m.points_xyz[pi]
-        ans = estimate_pose(xy, xyz, camera, cfg)
+        ans = estimate_pose(xy, xyz, camera, cfg, self._point_covariances(pi), self._pixel_sigma(attempt, camera))
         lap("pose")
         if ans is None:
             result.reason = "PnP RANSAC found no pose"
             timings["total"] = (time.perf_counter() - t0) * 1000
             return result
+        if cfg.guided_radius_px > 0 and not m.learned:
+            ans, xy, xyz = self._guided(feats, rows, camera, attempt, ans, xy, pi)
+            lap("guided")
         result.cam_from_world = ans.cam_from_world
         result.covariance = ans.covariance
         result.num_inliers = ans.num_inliers
@@ -398,6 +435,49 @@ class Localizer:
         result.accepted, result.reason = self._accept(result)
         timings["total"] = (time.perf_counter() - t0) * 1000
         return result
+
+    def _guided(self, feats: Features, rows: np.ndarray, camera: Camera, attempt: Attempt, ans: PoseEstimate,
+                xy: np.ndarray, pi: np.ndarray) -> tuple[PoseEstimate, np.ndarray, np.ndarray]:
+        """Guided matching around the RANSAC pose (:func:`localize.guided.guided_matches` over the
+        retrieved images' points), then the weighted refinement on those matches plus the RANSAC
+        inliers; correspondences beyond 3 sigma after it are outliers. Returns the new estimate and
+        its (N, 2) pixels and (N, 3) points (the first estimate when the refinement fails)."""
+        m, c = self.map, self.cfg
+        obs = first_observation_per_point(m.observations(rows), m.obs_point)
+        scale = self._pixel_sigma(attempt, camera) / c.query_keypoint_sigma_px
+        gq, gp = guided_matches(ans.cam_from_world, camera, feats.keypoints.astype(np.float64),
+                                root_sift(feats.descriptors), m.points_xyz[m.obs_point[obs]], m.rootsift(obs).numpy(),
+                                c.guided_radius_px * scale, c.guided_ratio, c.guided_max_distance)
+        inl = ans.inlier_mask
+        g_xy, g_pi = np.r_[xy[inl], feats.keypoints[gq].astype(np.float64)], np.r_[pi[inl], m.obs_point[obs][gp]]
+        _, first = np.unique(g_pi, return_index=True)         # a point matched both ways: the RANSAC one
+        g_xy, g_pi = g_xy[np.sort(first)], g_pi[np.sort(first)]
+        g_xyz, cov = m.points_xyz[g_pi], self._point_covariances(g_pi)
+        sigma = self._pixel_sigma(attempt, camera)
+        w = refine_with_point_uncertainty(g_xy, g_xyz, camera, ans.cam_from_world, cov, sigma)
+        if w is None:
+            return ans, xy, m.points_xyz[pi]
+        keep = w.whitened_residuals <= 3.0
+        if keep.sum() < 6:
+            return ans, xy, m.points_xyz[pi]
+        w2 = refine_with_point_uncertainty(g_xy[keep], g_xyz[keep], camera, w.cam_from_world,
+                                           None if cov is None else cov[keep], sigma)
+        if w2 is None:
+            return ans, xy, m.points_xyz[pi]
+        pose = w2.cam_from_world
+        full_cov = w2.covariance + frame_floor_covariance(pose, c.map_sigma_m, c.map_sigma_deg)
+        return summarize_pose(pose, full_cov, keep, g_xy, g_xyz, camera), g_xy, g_xyz
+
+    def _point_covariances(self, point_rows: np.ndarray) -> np.ndarray | None:
+        """(N, 3, 3) world covariances of the map points ``point_rows`` (None without them)."""
+        q = self.map.point_quality
+        return None if q is None else q["covariance"][point_rows]
+
+    def _pixel_sigma(self, attempt: Attempt, camera: Camera) -> float:
+        """Query keypoint noise in native pixels: ``query_keypoint_sigma_px`` at the working resolution."""
+        side = max(camera.width, camera.height)
+        work = min(side, attempt.max_image_side) if attempt.max_image_side > 0 else side
+        return self.cfg.query_keypoint_sigma_px * side / work
 
     def _accept(self, r: LocalizationResult) -> tuple[bool, str]:
         c = self.cfg

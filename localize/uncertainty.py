@@ -3,7 +3,7 @@
 Each 2D-3D correspondence i gets the 2D covariance ``C_i = s^2 I + J_X Sigma_i J_X^T``: the query
 keypoint noise ``s`` (pixels) plus the map point's world covariance ``Sigma_i`` (m^2, from
 :mod:`mapping.point_quality`) projected into the query. The pose is refined by Gauss-Newton on
-the whitened residuals (Huber weights) and its covariance is ``inv(sum J_p^T W_i J_p)``, scaled up
+the whitened residuals (robust weights) and its covariance is ``inv(sum J_p^T W_i J_p)``, scaled up
 by the variance factor when the residuals exceed the model. Pose convention: ``cam_from_world``
 with the left perturbation ``R' = exp([d]x) R``, ``t' = t + dt``; covariance (6, 6) rotation
 vector (rad) then translation (m), as :func:`localize.localizer.rotvec_covariance`.
@@ -73,10 +73,12 @@ class WeightedPose:
 
 def refine_with_point_uncertainty(points2d: np.ndarray, points_world: np.ndarray, camera: Camera,
                                   cam_from_world: Rigid3, point_covariances: np.ndarray | None,
-                                  pixel_sigma: float, iterations: int = 5, huber: float = 3.0,
-                                  move: bool = True) -> WeightedPose | None:
+                                  pixel_sigma: float, iterations: int = 5, loss_scale: float = 1.0,
+                                  move: bool = True, loss: str = "cauchy") -> WeightedPose | None:
     """Gauss-Newton on (N, 2) pixels vs (N, 3) world points (inliers), each residual whitened by its
-    :func:`correspondence_covariances` (recomputed each step), Huber weights at ``huber`` sigmas.
+    :func:`correspondence_covariances` (recomputed each step), IRLS weights of the whitened residual
+    norm ``m``: Cauchy ``1 / (1 + (m / loss_scale)^2)`` (pycolmap's pose refinement uses Cauchy at
+    1 px) or Huber at ``loss_scale`` sigmas.
     ``move=False`` keeps the given pose and only computes its covariance. None when fewer than 4
     points or a singular system."""
     xy = np.asarray(points2d, np.float64).reshape(-1, 2)
@@ -91,7 +93,8 @@ def refine_with_point_uncertainty(points2d: np.ndarray, points_world: np.ndarray
         W = np.linalg.inv(C)
         r = np.nan_to_num(xy - uv, nan=1e6)
         m = np.sqrt(np.maximum(np.einsum("ni,nij,nj->n", r, W, r), 0))
-        w = np.where(m <= huber, 1.0, huber / np.maximum(m, 1e-12))
+        w = np.where(m <= loss_scale, 1.0, loss_scale / np.maximum(m, 1e-12)) if loss == "huber" \
+            else 1.0 / (1.0 + (m / loss_scale) ** 2)
         H = np.einsum("n,nia,nij,njb->ab", w, Jp, W, Jp)
         if it == iterations or not move:
             break
@@ -110,3 +113,17 @@ def refine_with_point_uncertainty(points2d: np.ndarray, points_world: np.ndarray
     dof = max(2 * len(xy) - 6, 1)
     vf = float(np.sum(w * m ** 2) / dof)
     return WeightedPose(Rigid3(R, t), cov * max(vf, 1.0), vf, m)
+
+
+def frame_floor_covariance(cam_from_world: Rigid3, sigma_m: float, sigma_deg: float) -> np.ndarray:
+    """(6, 6) covariance (rotation vector, translation of ``cam_from_world``) of an independent
+    isotropic error of the camera centre (``sigma_m``) and orientation (``sigma_deg``): the map's
+    own accuracy, which no number of correspondences averages away. With the left perturbation,
+    ``dt = -[t]x d - R dc`` for a rotation ``d`` and a centre shift ``dc``."""
+    R, t = cam_from_world.rotation, cam_from_world.translation
+    J = np.zeros((6, 6))
+    J[:3, :3] = np.eye(3)
+    J[3:, :3] = -_skew(t[None])[0]
+    J[3:, 3:] = -R
+    D = np.diag([np.radians(sigma_deg) ** 2] * 3 + [sigma_m ** 2] * 3)
+    return J @ D @ J.T

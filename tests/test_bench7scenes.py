@@ -33,7 +33,8 @@ from core.geometry import Rigid3
 
 CAM = Camera("PINHOLE", 640, 480, (525.0, 525.0, 320.0, 240.0))
 M_KEYS = {"n_queries", "rejected", "median_t_cm", "median_r_deg", "pct_2cm_1deg", "pct_5cm_5deg",
-          "pct_10cm_1deg", "pct_15cm_5deg", "pct_25cm_2deg", "pct_1m_5deg", "latency_ms"}
+          "pct_10cm_1deg", "pct_15cm_5deg", "pct_25cm_2deg", "pct_1m_5deg", "latency_ms",
+          "accepted_beyond_3sigma_pct"}
 
 
 # splits ------------------------------------------------------------------------------------------
@@ -262,6 +263,22 @@ def test_cv_mean_worst_and_confident_wrong_answers():
     assert mean_metrics([a, b]) == {"pct_2cm_1deg": 80.0, "median_t_cm": 1.0, "latency_ms": {"p50": 35.0}}
     assert mean_metrics([a, c])["median_t_cm"] is None  # a fold that missed half its queries
     assert worst_fold([{"metrics": a}, {"metrics": b}, {"metrics": c}]) is c  # same share, larger median
+
+
+def test_calibration_share_of_accepted_poses_beyond_3_sigma():
+    import math
+
+    import numpy as np
+
+    from bench.sevenscenes import QueryRun
+    from bench.sevenscenes_cv import beyond_3sigma_pct
+    run = QueryRun(["a", "b", "c", "d", "e"], np.array([0.01, 0.05, 0.01, math.inf, 0.005]),
+                   np.array([0.1, 0.1, 0.9, math.inf, 0.1]), [True, True, True, False, True], [""] * 5,
+                   sigma_t_m=[0.004, 0.01, 0.01, None, None], sigma_r_deg=[0.1, 0.1, 0.2, None, None])
+    # a: 1 cm <= 1.2 cm, in; b: 5 cm > 3 cm, out; c: 0.9 deg > 0.6 deg, out; d rejected; e has no sigma
+    assert beyond_3sigma_pct(run) == pytest.approx(100 * 2 / 3)
+    assert run.metrics()["accepted_beyond_3sigma_pct"] == pytest.approx(100 * 2 / 3)
+    assert beyond_3sigma_pct(QueryRun(["a"], np.array([0.01]), np.array([0.1]), [True], [""])) is None
 
 
 def test_protocol_flag_is_checked_before_any_work(tmp_path):

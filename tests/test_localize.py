@@ -136,7 +136,9 @@ def test_covariance_is_in_the_documented_tangent_and_units():
     pts_cam = np.c_[rng.uniform(-1.5, 1.5, (300, 2)), rng.uniform(2.0, 5.0, 300)]
     world = (pts_cam - t) @ R                      # x_world = R^T (x_cam - t)
     xy = camera.project(pts_cam) + rng.normal(0, 0.05, (300, 2))  # ~no noise: robust loss weights ~1
-    est = estimate_pose(xy, world, camera, LocalizerConfig())
+    est = estimate_pose(xy, world, camera, LocalizerConfig(point_uncertainty=False))
+    # the re-weighted refinement (no point covariances, no map floor) uses the same convention
+    own = estimate_pose(xy, world, camera, LocalizerConfig(map_sigma_m=0.0, map_sigma_deg=0.0))
     R, t = est.cam_from_world.rotation, est.cam_from_world.translation
     H = np.zeros((6, 6))
     for x in world:
@@ -149,6 +151,7 @@ def test_covariance_is_in_the_documented_tangent_and_units():
         H += J.T @ J
     expected = np.linalg.inv(H)
     np.testing.assert_allclose(est.covariance, expected, rtol=0.03, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(own.covariance, expected, rtol=0.03, atol=1e-3 * np.abs(expected).max())
     # and the centre's sigma follows from it: c = -R^T t
     sigma_c = np.sqrt(np.linalg.eigvalsh(centre_covariance(est.cam_from_world, expected)).max())
     assert est.position_sigma_m == pytest.approx(sigma_c, rel=0.03)

@@ -137,7 +137,8 @@ def test_pose_covariance_with_point_uncertainty_is_calibrated_and_without_it_is_
         xy = CAM.project(truth.transform(X)) + rng.normal(0, 0.7, (len(X), 2))
         est = estimate_pose(xy, Xn, CAM, _cfg())
         for covariances, out in ((covs, d_with), (None, d_without)):
-            w = refine_with_point_uncertainty(xy, Xn, CAM, est.cam_from_world, covariances, 0.7, huber=100.0)
+            w = refine_with_point_uncertainty(xy, Xn, CAM, est.cam_from_world, covariances, 0.7, loss="huber",
+                                              loss_scale=100.0)
             e = _pose_delta(w.cam_from_world, truth)
             out.append(float(e @ np.linalg.solve(w.covariance, e)))
             if covariances is not None:
