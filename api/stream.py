@@ -4,7 +4,10 @@ Protocol
 --------
 Authenticate the handshake like any request (``Authorization: Bearer <key>`` or ``X-API-Key``);
 a refused handshake gets an HTTP 401 / 403 / 404 / 422 with ``{"detail": ...}`` (servers
-without the ASGI denial-response extension close with code 4000 + status instead).
+without the ASGI denial-response extension close with code 4000 + status instead). A browser,
+which cannot set headers on a WebSocket, offers the subprotocols ``["vloc", "vloc.key.<key>"]``
+instead (``Sec-WebSocket-Protocol``: a header, so the key stays out of URLs and access logs); the
+server then accepts with subprotocol ``vloc``.
 
 Client -> server, one **binary** message per frame::
 
@@ -235,6 +238,19 @@ class StreamSession:
         return {"frame_id": frame_id, "dropped": True, "reason": "error", "status": status, "detail": detail}
 
 
+SUBPROTOCOL = "vloc"
+KEY_PREFIX = "vloc.key."
+
+
+def token_from_subprotocols(offered) -> str | None:
+    """The key a browser offers as subprotocols ``["vloc", "vloc.key.<key>"]`` (None without both)."""
+    offered = [str(p).strip() for p in offered]
+    if SUBPROTOCOL not in offered:
+        return None
+    keys = [p[len(KEY_PREFIX):] for p in offered if p.startswith(KEY_PREFIX) and len(p) > len(KEY_PREFIX)]
+    return keys[0] if len(keys) == 1 else None
+
+
 async def _refuse(ws: WebSocket, e: ApiError) -> None:
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         await ws.send_denial_response(JSONResponse({"detail": e.detail}, e.status, headers=e.headers))
@@ -247,6 +263,10 @@ async def stream(websocket: WebSocket, map_id: str) -> None:
     """Per-robot streaming localization (protocol: module docstring of ``api.stream``)."""
     service: Service = websocket.app.state.vloc
     token = token_from_headers(websocket.headers)
+    subprotocol = None
+    if token is None:
+        token = token_from_subprotocols(websocket.scope.get("subprotocols") or ())
+        subprotocol = SUBPROTOCOL if token is not None else None
     try:
         principal = await asyncio.to_thread(authenticate, token, service.registry)
         websocket.scope.setdefault("state", {})["key_id"] = principal.key_id
@@ -255,7 +275,7 @@ async def stream(websocket: WebSocket, map_id: str) -> None:
     except ApiError as e:
         await _refuse(websocket, e)
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=subprotocol)
     service.metrics.stream_sessions.inc()
     try:
         await StreamSession(websocket, service, map_id, token, principal.name or principal.key_id).run()

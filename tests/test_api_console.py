@@ -384,3 +384,22 @@ def test_openapi_documents_the_console_api(svc):
     assert "LiveEvent" in spec["components"]["schemas"] and "RobotLive" in spec["components"]["schemas"]
     assert "inliers" in spec["components"]["schemas"]["LocalizeMeta"]["properties"]
     assert not any(p.startswith("/console") for p in spec["paths"])
+
+
+def test_a_browser_streams_with_its_key_in_a_subprotocol_not_the_url(svc, query):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from api.testing import stream_frame
+    image, _ = query
+    url = f"{svc.ws_url}/v1/maps/room/stream"
+    with connect(url, subprotocols=["vloc", f"vloc.key.{svc.keys['robot']}"], proxy=None, open_timeout=30) as ws:
+        assert ws.subprotocol == "vloc"
+        ws.send(stream_frame({"frame_id": 1, "camera": CAMERA, "robot_id": "browser-bot"}, image))
+        reply = json.loads(ws.recv(timeout=120))
+        assert reply["frame_id"] == 1 and reply["accepted"], reply
+    for protocols, status in ((["vloc", "vloc.key.vloc_wrong"], 401), (["vloc", f"vloc.key.{svc.keys['other']}"], 403),
+                              ([f"vloc.key.{svc.keys['robot']}"], 401), (["vloc"], 401)):
+        with pytest.raises(InvalidStatus) as e:
+            connect(url, subprotocols=protocols, proxy=None, open_timeout=30)
+        assert e.value.response.status_code == status, protocols

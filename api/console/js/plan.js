@@ -16,7 +16,7 @@ function niceStep(minMetres) {
 export class PlanCanvas {
   constructor(canvas, fleet, { robots = true } = {}) {
     this.canvas = canvas;
-    this.ctx = canvas.getContext('2d');
+    this.ctx = canvas.getContext('2d', { alpha: false });
     this.fleet = fleet;
     this.withRobots = robots;
     this.grid = null;        // {bitmap, origin: [x, y], resolution, width, height}
@@ -111,6 +111,32 @@ export class PlanCanvas {
       this.canvas.width = Math.round(w * dpr);
       this.canvas.height = Math.round(h * dpr);
     }
+    // what moves only with the view (metric grid, occupancy, map cameras, scale bar) is drawn
+    // once into a background canvas; each frame copies it and draws the tracks and robots on top
+    const bg = { w, h, dpr, cx: this.view.cx, cy: this.view.cy, ppm: this.view.ppm, floor: this.floor,
+                 showCameras: this.showCameras, grid: this.grid, cameras: this.cameras, floors: this.floors };
+    if (!this.bgState || Object.keys(bg).some((k) => bg[k] !== this.bgState[k])) {
+      this.bgState = bg;
+      this.bg = this.bg || document.createElement('canvas');
+      this.bg.width = this.canvas.width;
+      this.bg.height = this.canvas.height;
+      const main = this.ctx;
+      this.ctx = this.bg.getContext('2d', { alpha: false });
+      try {
+        this.drawBackground(w, h, dpr);
+      } finally {
+        this.ctx = main;
+      }
+    }
+    const ctx = this.ctx;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.drawImage(this.bg, 0, 0);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    if (this.withRobots || this.showTracks) this.drawFleet();
+    stats.planDraws = (stats.planDraws || 0) + 1;
+  }
+
+  drawBackground(w, h, dpr) {
     const ctx = this.ctx;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = '#0b0e12';
@@ -125,9 +151,7 @@ export class PlanCanvas {
       ctx.globalAlpha = 1;
     }
     if (this.showCameras) this.drawCameras();
-    if (this.withRobots || this.showTracks) this.drawFleet();
     this.drawScaleBar(h);
-    stats.planDraws = (stats.planDraws || 0) + 1;
   }
 
   drawMetricGrid(w, h) {
