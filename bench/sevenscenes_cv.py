@@ -58,6 +58,15 @@ def beyond_3sigma_pct(run) -> float | None:
     return 100.0 * float(np.mean(hits)) if hits else None
 
 
+def accepted_of_true_pct(run, t_m: float = WRONG_T_M, r_deg: float = WRONG_R_DEG) -> float | None:
+    """% of the queries whose returned pose (accepted or not) is within ``t_m`` / ``r_deg`` that were
+    accepted (None: no such query, or a run without the errors of rejected poses)."""
+    if run.pose_t_err_m is None:
+        return None
+    true = (np.asarray(run.pose_t_err_m) <= t_m) & (np.asarray(run.pose_r_err_deg) <= r_deg)
+    return 100.0 * float(np.asarray(run.accepted, bool)[true].mean()) if true.any() else None
+
+
 def _mean(values: list) -> float | None:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(vals)) if len(vals) == len(values) and vals else None
@@ -98,7 +107,8 @@ def run_cv(by_n: dict, block: int, stride: int, run_fold: Callable[[str, list[in
                      f"({len(split.queries)} queries)")
         run = run_fold(name, split.map, split.queries)
         folds.append({"map_blocks": map_blocks, "query_blocks": query_blocks, "metrics": run.metrics(),
-                      "accepted_beyond_15cm_5deg": accepted_beyond(run)})
+                      "accepted_beyond_15cm_5deg": accepted_beyond(run),
+                      "accepted_of_within_15cm_5deg_pct": accepted_of_true_pct(run)})
     if not folds:
         return {"folds": [], "mean": None, "worst": None}
     return {"folds": folds, "mean": mean_metrics([f["metrics"] for f in folds]), "worst": worst_fold(folds)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -422,7 +422,9 @@ class Localizer:
             timings["total"] = (time.perf_counter() - t0) * 1000
             return result
         if cfg.guided_radius_px > 0 and not m.learned:
-            ans, xy, xyz = self._guided(feats, rows, camera, attempt, ans, xy, pi)
+            guided = self._guided(feats, rows, camera, attempt, ans, xy, pi)
+            if guided is not None:  # its pose; acceptance and covariance stay those of the RANSAC inliers
+                ans = replace(ans, cam_from_world=guided)
             lap("guided")
         result.cam_from_world = ans.cam_from_world
         result.covariance = ans.covariance
@@ -437,36 +439,31 @@ class Localizer:
         return result
 
     def _guided(self, feats: Features, rows: np.ndarray, camera: Camera, attempt: Attempt, ans: PoseEstimate,
-                xy: np.ndarray, pi: np.ndarray) -> tuple[PoseEstimate, np.ndarray, np.ndarray]:
+                xy: np.ndarray, pi: np.ndarray) -> Rigid3 | None:
         """Guided matching around the RANSAC pose (:func:`localize.guided.guided_matches` over the
         retrieved images' points), then the weighted refinement on those matches plus the RANSAC
-        inliers; correspondences beyond 3 sigma after it are outliers. Returns the new estimate and
-        its (N, 2) pixels and (N, 3) points (the first estimate when the refinement fails)."""
+        inliers, again without those beyond 3 sigma. Returns that pose (None when it fails). More
+        matches shrink the covariance whether the pose is right or not (on the cv folds, wrong
+        one-pass poses gathered support), so the caller keeps the RANSAC inliers' covariance."""
         m, c = self.map, self.cfg
         obs = first_observation_per_point(m.observations(rows), m.obs_point)
-        scale = self._pixel_sigma(attempt, camera) / c.query_keypoint_sigma_px
+        sigma = self._pixel_sigma(attempt, camera)
         gq, gp = guided_matches(ans.cam_from_world, camera, feats.keypoints.astype(np.float64),
-                                root_sift(feats.descriptors), m.points_xyz[m.obs_point[obs]], m.rootsift(obs).numpy(),
-                                c.guided_radius_px * scale, c.guided_ratio, c.guided_max_distance)
+                                root_sift(feats.descriptors), m.points_xyz[m.obs_point[obs]],
+                                lambda r: m.rootsift(obs[r]).numpy(),
+                                c.guided_radius_px * sigma / c.query_keypoint_sigma_px, c.guided_ratio,
+                                c.guided_max_distance)
         inl = ans.inlier_mask
         g_xy, g_pi = np.r_[xy[inl], feats.keypoints[gq].astype(np.float64)], np.r_[pi[inl], m.obs_point[obs][gp]]
-        _, first = np.unique(g_pi, return_index=True)         # a point matched both ways: the RANSAC one
-        g_xy, g_pi = g_xy[np.sort(first)], g_pi[np.sort(first)]
-        g_xyz, cov = m.points_xyz[g_pi], self._point_covariances(g_pi)
-        sigma = self._pixel_sigma(attempt, camera)
+        first = np.sort(np.unique(g_pi, return_index=True)[1])  # a point matched both ways: the RANSAC one
+        g_xy, g_xyz, cov = g_xy[first], m.points_xyz[g_pi[first]], self._point_covariances(g_pi[first])
         w = refine_with_point_uncertainty(g_xy, g_xyz, camera, ans.cam_from_world, cov, sigma)
-        if w is None:
-            return ans, xy, m.points_xyz[pi]
-        keep = w.whitened_residuals <= 3.0
+        keep = w.whitened_residuals <= 3.0 if w is not None else np.zeros(0, bool)
         if keep.sum() < 6:
-            return ans, xy, m.points_xyz[pi]
-        w2 = refine_with_point_uncertainty(g_xy[keep], g_xyz[keep], camera, w.cam_from_world,
-                                           None if cov is None else cov[keep], sigma)
-        if w2 is None:
-            return ans, xy, m.points_xyz[pi]
-        pose = w2.cam_from_world
-        full_cov = w2.covariance + frame_floor_covariance(pose, c.map_sigma_m, c.map_sigma_deg)
-        return summarize_pose(pose, full_cov, keep, g_xy, g_xyz, camera), g_xy, g_xyz
+            return None
+        w = refine_with_point_uncertainty(g_xy[keep], g_xyz[keep], camera, w.cam_from_world,
+                                          None if cov is None else cov[keep], sigma)
+        return None if w is None else w.cam_from_world
 
     def _point_covariances(self, point_rows: np.ndarray) -> np.ndarray | None:
         """(N, 3, 3) world covariances of the map points ``point_rows`` (None without them)."""

@@ -21,9 +21,17 @@ from mapping.point_quality import projection_jacobian
 
 def _skew(v: np.ndarray) -> np.ndarray:
     """(N, 3) -> (N, 3, 3) cross-product matrices."""
-    z = np.zeros(len(v))
-    return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
-                     np.stack([-v[:, 1], v[:, 0], z], -1)], 1)
+    S = np.zeros((len(v), 3, 3))
+    S[:, 0, 1], S[:, 0, 2], S[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
+    S[:, 1, 0], S[:, 2, 0], S[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
+    return S
+
+
+def _inv2(C: np.ndarray) -> np.ndarray:
+    """(N, 2, 2) inverses of symmetric positive-definite 2 x 2 matrices (closed form)."""
+    a, b, d = C[:, 0, 0], C[:, 0, 1], C[:, 1, 1]
+    det = a * d - b * b
+    return np.stack([np.stack([d, -b], -1), np.stack([-b, a], -1)], 1) / det[:, None, None]
 
 
 def _so3_exp(w: np.ndarray) -> np.ndarray:
@@ -86,26 +94,31 @@ def refine_with_point_uncertainty(points2d: np.ndarray, points_world: np.ndarray
     if len(xy) < 4:
         return None
     R, t = cam_from_world.rotation.copy(), cam_from_world.translation.copy()
+    C0 = np.eye(2) * pixel_sigma ** 2
+    converged = False
     for it in range(iterations + 1):
-        pose = Rigid3(R, t)
-        uv, Jp, _ = projection_jacobians(pose, camera, X)
-        C = correspondence_covariances(pose, camera, X, point_covariances, pixel_sigma)
-        W = np.linalg.inv(C)
+        if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+            return None
+        uv, Jp, JX = projection_jacobians(Rigid3(R, t), camera, X)
+        C = C0 + JX @ point_covariances @ np.transpose(JX, (0, 2, 1)) if point_covariances is not None \
+            else np.broadcast_to(C0, (len(X), 2, 2))
+        W = _inv2(C)
         r = np.nan_to_num(xy - uv, nan=1e6)
-        m = np.sqrt(np.maximum(np.einsum("ni,nij,nj->n", r, W, r), 0))
+        Wr = np.einsum("nij,nj->ni", W, r)
+        m = np.sqrt(np.maximum(np.einsum("ni,ni->n", r, Wr), 0))
         w = np.where(m <= loss_scale, 1.0, loss_scale / np.maximum(m, 1e-12)) if loss == "huber" \
             else 1.0 / (1.0 + (m / loss_scale) ** 2)
-        H = np.einsum("n,nia,nij,njb->ab", w, Jp, W, Jp)
-        if it == iterations or not move:
+        Jw = Jp * w[:, None, None]
+        H = np.tensordot(Jw, W @ Jp, axes=([0, 1], [0, 1]))          # sum_n w J^T W J  (6, 6)
+        if it == iterations or not move or converged:
             break
-        g = np.einsum("n,nia,nij,nj->a", w, Jp, W, r)
+        g = np.tensordot(Jw, Wr, axes=([0, 1], [0, 1]))               # sum_n w J^T W r  (6,)
         try:
             step = np.linalg.solve(H, g)
         except np.linalg.LinAlgError:
             return None
         R, t = _so3_exp(step[:3]) @ R, t + step[3:]
-        if np.linalg.norm(step) < 1e-10:
-            break
+        converged = np.abs(step).max() < 1e-9  # then one more pass: weights and H at the new pose
     try:
         cov = np.linalg.inv(H)
     except np.linalg.LinAlgError:

@@ -281,6 +281,22 @@ def test_calibration_share_of_accepted_poses_beyond_3_sigma():
     assert beyond_3sigma_pct(QueryRun(["a"], np.array([0.01]), np.array([0.1]), [True], [""])) is None
 
 
+def test_share_of_true_poses_that_were_accepted():
+    import math
+
+    import numpy as np
+
+    from bench.sevenscenes import QueryRun
+    from bench.sevenscenes_cv import accepted_of_true_pct
+    inf = math.inf
+    # returned poses: 1 cm (accepted), 10 cm (rejected), 40 cm (rejected), none (rejected), 2 cm (accepted)
+    run = QueryRun(list("abcde"), np.array([0.01, inf, inf, inf, 0.02]), np.array([0.1, inf, inf, inf, 0.2]),
+                   [True, False, False, False, True], [""] * 5,
+                   pose_t_err_m=np.array([0.01, 0.10, 0.40, inf, 0.02]), pose_r_err_deg=np.array([0.1, 1, 1, inf, 0.2]))
+    assert accepted_of_true_pct(run) == pytest.approx(100 * 2 / 3)   # of the three within 15 cm / 5 deg
+    assert accepted_of_true_pct(QueryRun(["a"], np.array([0.01]), np.array([0.1]), [True], [""])) is None
+
+
 def test_protocol_flag_is_checked_before_any_work(tmp_path):
     from typer.testing import CliRunner
 

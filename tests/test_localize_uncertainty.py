@@ -84,3 +84,26 @@ def test_map_floor_covariance_moves_the_centre_and_orientation_independently():
     C = centre_covariance(pose, F)
     np.testing.assert_allclose(C, np.eye(3) * 1e-4, atol=1e-12)      # centre: 1 cm, whatever |t|
     np.testing.assert_allclose(F[:3, :3], np.eye(3) * np.radians(0.25) ** 2)
+
+
+def test_guided_matching_keeps_the_pose_accurate_and_the_ransac_covariance(bundle, query):
+    rgb, truth, camera = query
+    plain = Localizer(bundle).localize(rgb, camera)
+    loc = Localizer(bundle, LocalizerConfig(guided_radius_px=6.0))
+    res = loc.localize(rgb, camera)
+    assert res.accepted and "guided" in res.timings_ms
+    assert pose_error(res.cam_from_world, truth)[0] < 0.01
+    assert res.num_inliers == plain.num_inliers                 # acceptance rests on the RANSAC inliers
+    assert res.position_sigma_m == pytest.approx(plain.position_sigma_m, rel=0.05)
+
+
+def test_coarse_attempt_above_the_sigma_bar_runs_the_full_setting_and_keeps_the_more_certain(bundle, query):
+    rgb, truth, camera = query
+    loc = Localizer(bundle, LocalizerConfig(coarse_max_position_sigma_m=1e-9))
+    res = loc.localize(rgb, camera)
+    assert res.accepted and "coarse_attempt" in res.timings_ms
+    coarse = loc._localize(rgb, camera, None, loc.attempts.coarse)
+    full = loc._localize(rgb, camera, None, loc.attempts.full)
+    assert res.attempt == min((coarse, full), key=lambda r: r.position_sigma_m).attempt
+    relaxed = Localizer(bundle, LocalizerConfig(coarse_max_position_sigma_m=1.0)).localize(rgb, camera)
+    assert relaxed.attempt == "coarse" and "coarse_attempt" not in relaxed.timings_ms
