@@ -5,6 +5,8 @@
 * Strecha fountain-P11 and Herz-Jesus-P8: SfM without poses (ground-truth intrinsics given, as in
   the usual calibrated protocol), aligned to the ground-truth centres by a similarity:
   median / max centre error (metres) and registered images.
+* generated loop (:mod:`bench.mapping_loop`): unposed SfM around a closed 30-image 1536 x 1024
+  loop with exact truth, before / after the loop-robust changes, and ``--sfm global``.
 """
 from __future__ import annotations
 
@@ -15,28 +17,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pycolmap
-
 from bench.machine import machine_info, machine_line
-from core.geometry import estimate_sim3
+from bench.mapping_loop import bench_generated_loop, loop_rows, sfm_centre_errors  # noqa: F401 (re-exported)
 from core.types import VlocError
 from mapping.build import BuildConfig, build_map
-from mapping.reconstruct import images_cam_from_world
-
-
-def sfm_centre_errors(bundle: Path, gt_records) -> dict:
-    """Align the bundle's camera centres to ground truth by a similarity; errors in metres."""
-    est = images_cam_from_world(pycolmap.Reconstruction(str(bundle / "model")))
-    gt = {r.name: r.cam_from_world.centre for r in gt_records}
-    names = [n for n in est if n in gt]
-    if len(names) < 3:
-        return {"n_registered": len(names), "median_centre_error_m": None}
-    a = np.array([est[n].centre for n in names])
-    b = np.array([gt[n] for n in names])
-    err = np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)
-    return {"n_registered": len(names), "n_images": len(gt_records),
-            "median_centre_error_m": float(np.median(err)), "max_centre_error_m": float(err.max())}
 
 
 def bench_redkitchen(root: Path, repeats: int, cfg: BuildConfig, stride: int = 3) -> dict:
@@ -74,7 +58,8 @@ def bench_strecha(scene: Path, repeats: int, cfg: BuildConfig) -> dict:
             "sfm_s_median": statistics.median(times), "sfm_s_all": times, **res}
 
 
-def run_mapping_bench(shared: Path, repeats: int = 3, out_json: Path | None = None) -> dict:
+def run_mapping_bench(shared: Path, repeats: int = 3, out_json: Path | None = None, loop_frames: int = 30) -> dict:
+    """``loop_frames``: images of the generated loop row (0: no loop row)."""
     if not shared.is_dir():
         raise VlocError(f"shared datasets folder {shared} not found (pass --root)")
     cfg = BuildConfig()
@@ -85,6 +70,8 @@ def run_mapping_bench(shared: Path, repeats: int = 3, out_json: Path | None = No
     for name in ("fountain-P11", "Herz-Jesus-P8"):
         scene = shared / "strecha" / name
         result[name] = bench_strecha(scene, repeats, cfg) if scene.is_dir() else {"skipped": f"{scene} absent"}
+    if loop_frames:
+        result["generated_loop"] = bench_generated_loop(loop_frames)
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))
@@ -106,6 +93,8 @@ def markdown_table(result: dict) -> str:
                      f"| | registered | {r['n_registered']}/{r['n_images']} |",
                      f"| | centre error median / max | {r['median_centre_error_m'] * 100:.2f} / "
                      f"{r['max_centre_error_m'] * 100:.2f} cm |"]
+    if "generated_loop" in result:
+        rows += loop_rows(result["generated_loop"])
     m = result["machine"]
     rows.append("\n" + machine_line(m))
     return "\n".join(rows)
