@@ -6,19 +6,28 @@
   the bundle on the server (cold), the others find it parsed (warm): both reported;
 * **live pose delay**: one robot streams frames; for each answer, the page's clock when that
   answer showed (the animation frame after the live event was drawn) minus the robot's clock when
-  it received the answer (same machine, same wall clock);
+  it received the answer (same machine, same wall clock; negative: the page showed the pose
+  before the robot had read its answer, the live event leaves the server first);
 * **fleet fps**: ``robots`` robots stream at once (1 frame/s each, each waiting for its answer)
   while the page redraws the live fleet's floor plan every animation frame for ``seconds``:
   frames per second and the longest frame; first the same run with no robot streaming (the
-  page's baseline on this machine, which other jobs share).
+  page's baseline on this machine, which other jobs share), last the same run with the server's
+  threads at nice +10 (an operator's browser does not share the server's cores; here it does).
+
+The server is ``vloc serve`` in its own process; browser, server and robots share this machine.
 
 Targets (issue 16): first render <= 2 s, live delay <= 1 s, >= 10 fps with 20 robots.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -56,6 +65,49 @@ def _build_maps(workdir: Path, cfg: ConsoleBenchConfig, reporter: Reporter):
     reporter.log(f"map: {info['sfm_points']:,} SfM points + {info['depth_points']:,} from the rendered depth "
                  f"= {info['total']:,} in {time.perf_counter() - t:.1f} s")
     return base, workdir / "big-map", info
+
+
+@contextlib.contextmanager
+def _serve(data: Path, workers: int):
+    """``vloc serve`` in its own process on a free loopback port (the browser and the server are
+    separate processes, so the server's priority can be changed); yields (url, pid)."""
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLOC_MAX_FRAME_AGE_S": "60", "VLOC_MAX_QUEUE_WAIT_S": "0", "NO_PROXY": "127.0.0.1"}
+    vloc = Path(sys.executable).parent / "vloc"
+    proc = subprocess.Popen([str(vloc), "serve", "--data", str(data), "--port", str(port), "--workers", str(workers),
+                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() - t0 > 120:
+                raise RuntimeError(f"vloc serve did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _renice(pid: int, niceness: int) -> None:
+    """Every thread of process ``pid`` to ``niceness`` (Linux: nice is per thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _tar(bundle: Path) -> bytes:
@@ -121,25 +173,35 @@ def _live_delay(driver, url: str, key: str, frames: list[bytes], cfg: ConsoleBen
 _FPS_JS = """
 const [seconds, done] = [arguments[0], arguments[arguments.length - 1]];
 const plan = window.vloc.fleetPlan;
+const fleet = window.vloc.fleet;
 const times = [];
+let jsMs = 0;  // the page's own JavaScript: live events (state, table) and the plan's draw calls
+const apply = fleet.apply;
+fleet.apply = function (...a) { const s = performance.now(); try { return apply.apply(this, a); } finally { jsMs += performance.now() - s; } };
 const t0 = performance.now();
 function step(t) {
+  const s = performance.now();
   plan.draw();
+  jsMs += performance.now() - s;
   times.push(t);
   if (t - t0 < seconds * 1000) requestAnimationFrame(step);
-  else done({times, robots: window.vloc.fleet.robots.size, events: window.vlocStats.liveEvents});
+  else {
+    fleet.apply = apply;
+    done({times, jsMs, robots: fleet.robots.size, events: window.vlocStats.liveEvents});
+  }
 }
 requestAnimationFrame(step);
 """
 
 
 def _fleet_fps(driver, url: str, key: str, frames: list[bytes], cfg: ConsoleBenchConfig, camera: dict,
-               reporter: Reporter) -> dict:
+               reporter: Reporter, idle_baseline: bool = True) -> dict:
     from bench.console_browser import wait_for
     driver.get(f"{url}/console/#/map/room/fleet")
     wait_for(driver, "document.getElementById('live-status').textContent === 'live'", timeout=60)
+    wait_for(driver, "document.getElementById('info-plan').textContent.includes('occupancy')", timeout=60)
     # the same page and drawing with no robot streaming: what this machine gives the page anyway
-    idle = _fps(driver.execute_async_script(_FPS_JS, cfg.seconds))
+    idle = _fps(driver.execute_async_script(_FPS_JS, cfg.seconds)) if idle_baseline else None
     stop = threading.Event()
     replies: list[list] = [[] for _ in range(cfg.robots)]
     n = int(10 * (cfg.seconds + 60))  # more than the run needs: stopped at its end
@@ -149,6 +211,9 @@ def _fleet_fps(driver, url: str, key: str, frames: list[bytes], cfg: ConsoleBenc
         t.start()
     try:
         wait_for(driver, f"window.vloc.fleet.robots.size >= {cfg.robots}", timeout=180, interval=0.2)
+        t0 = time.monotonic()
+        while min(len(r) for r in replies) < 1 and time.monotonic() - t0 < 180:  # every robot of this run answered
+            time.sleep(0.2)
         reporter.log(f"{cfg.robots} robots on the live fleet; measuring the page for {cfg.seconds:.0f} s")
         before = sum(len(r) for r in replies)
         t0 = time.monotonic()
@@ -170,15 +235,16 @@ def _fps(out: dict) -> dict:
     if not len(gaps):
         return {"frames_drawn": int(len(times)), "fps": 0.0, "frame_ms_median": None, "frame_ms_p95": None,
                 "frame_ms_max": None}
-    return {"frames_drawn": int(len(times)), "fps": float(len(gaps) / ((times[-1] - times[0]) / 1000)),
-            "frame_ms_median": _pct(gaps, 50), "frame_ms_p95": _pct(gaps, 95), "frame_ms_max": float(gaps.max())}
+    span_s = (times[-1] - times[0]) / 1000
+    return {"frames_drawn": int(len(times)), "fps": float(len(gaps) / span_s),
+            "frame_ms_median": _pct(gaps, 50), "frame_ms_p95": _pct(gaps, 95), "frame_ms_max": float(gaps.max()),
+            "page_js_ms_per_s": float(out.get("jsMs", 0.0) / span_s)}
 
 
 def run_console_bench(json_out: Path | None, cfg: ConsoleBenchConfig = ConsoleBenchConfig(),
                       reporter: Reporter | None = None, workdir: Path | None = None) -> dict:
-    from api.app import create_app
-    from api.settings import Settings
-    from api.testing import LiveServer, encode_image, http_client
+    from api.registry import Registry
+    from api.testing import encode_image, http_client
     from bench.console_browser import chromium_missing, start_chromium
     from bench.machine import machine_info
     from datasets.synthetic import DEFAULT_CAMERA
@@ -193,16 +259,15 @@ def run_console_bench(json_out: Path | None, cfg: ConsoleBenchConfig = ConsoleBe
               "params": [float(v) for v in DEFAULT_CAMERA.params]}
     frames = [encode_image(base.scene.render(T, DEFAULT_CAMERA)[0], "JPEG", 90)
               for T in base.scene.trajectory(12, pass_id=1)]
-    app = create_app(Settings(data_dir=workdir / "server", workers=cfg.workers, log_level="warning",
-                              max_frame_age_s=60, max_queue_wait_s=0))
-    reg = app.state.vloc.registry
+    reg = Registry(workdir / "server")
     admin = reg.create_key("admin", name="bench-admin")[1]
     robot = reg.create_key("robot", ["room"], name="bench-robot")[1]
     result = {"benchmark": "console", "config": asdict(cfg), "targets": TARGETS, "machine": machine_info(),
               "map": {**info, "how": "the generated room's SfM map (seed 5, 24 views) plus points back-projected "
                                      "from its rendered RGB-D frames with their colours"},
+              "server": f"vloc serve --workers {cfg.workers} in its own process on 127.0.0.1",
               "browser": None}
-    with LiveServer(app) as srv, http_client(srv.url, timeout=600) as c:
+    with _serve(workdir / "server", cfg.workers) as (url, pid), http_client(url, timeout=600) as c:
         for map_id, bundle in (("big", big), ("room", base.bundle)):
             r = c.post(f"/v1/maps/{map_id}/versions", files={"bundle": ("m.tar", _tar(bundle))},
                        headers={"Authorization": f"Bearer {admin}"})
@@ -211,21 +276,28 @@ def run_console_bench(json_out: Path | None, cfg: ConsoleBenchConfig = ConsoleBe
         driver = start_chromium()
         try:
             result["browser"] = driver.capabilities.get("browserVersion")
-            driver.get(f"{srv.url}/healthz")
+            driver.get(f"{url}/healthz")
             driver.execute_script("sessionStorage.setItem('vloc.apiKey', arguments[0])", admin)
-            runs = _first_render(driver, srv.url, cfg.repeats)
+            runs = _first_render(driver, url, cfg.repeats)
             warm = [r["first_render_ms"] for r in runs[1:]] or [runs[0]["first_render_ms"]]
             result["first_render"] = {"runs": runs, "cold_ms": runs[0]["first_render_ms"],
                                       "warm_median_ms": statistics.median(warm), "warm_max_ms": max(warm)}
             reporter.log(f"first render of {runs[0]['points']:,} points: cold {runs[0]['first_render_ms']:.0f} ms, "
                          f"warm median {statistics.median(warm):.0f} ms")
             driver.execute_script("sessionStorage.setItem('vloc.apiKey', arguments[0])", robot)
-            result["live"] = _live_delay(driver, srv.url, robot, frames, cfg, camera)
+            result["live"] = _live_delay(driver, url, robot, frames, cfg, camera)
             reporter.log(f"live: answer -> shown median {result['live']['median_ms']:.0f} ms, "
                          f"max {result['live']['max_ms']:.0f} ms ({result['live']['shown']}/{result['live']['frames']})")
-            result["fleet"] = _fleet_fps(driver, srv.url, robot, frames, cfg, camera, reporter)
+            result["fleet"] = _fleet_fps(driver, url, robot, frames, cfg, camera, reporter)
             reporter.log(f"{cfg.robots} robots: page {result['fleet']['fps']:.1f} fps, longest frame "
                          f"{result['fleet']['frame_ms_max']:.0f} ms, {result['fleet']['answers_per_s']:.1f} answers/s")
+            # the console normally runs on an operator's machine, not the server's: the same run with
+            # the server's threads at nice +10 (the browser gets the cores first, the server the rest)
+            _renice(pid, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+            result["fleet_server_nice10"] = _fleet_fps(driver, url, robot, frames, cfg, camera, reporter,
+                                                       idle_baseline=False)
+            reporter.log(f"{cfg.robots} robots, server at nice +10: page {result['fleet_server_nice10']['fps']:.1f} "
+                         f"fps, {result['fleet_server_nice10']['answers_per_s']:.1f} answers/s")
         finally:
             driver.quit()
     worst_render = max(result["first_render"]["cold_ms"], result["first_render"]["warm_max_ms"])
@@ -256,13 +328,21 @@ def markdown_table(res: dict) -> str:
             f"{fr['warm_max_ms']:.0f} ms | <= 2000 ms | {'yes' if fr['warm_max_ms'] <= 2000 else 'no'} |",
             f"| live pose: answer -> shown, median / p90 / max of {live['shown']} | {live['median_ms']:.0f} / "
             f"{live['p90_ms']:.0f} / {live['max_ms']:.0f} ms | <= 1000 ms | {'yes' if v['live_delay_s']['ok'] else 'no'} |",
-            f"| page with {fleet['robots']} robots streaming ({fleet['answers_per_s']:.1f} answers/s) | "
+            f"| page with {fleet['robots']} robots streaming ({fleet['answers_per_s']:.1f} answers/s; the page's own "
+            f"JS {fleet['page_js_ms_per_s']:.0f} ms per s) | "
             f"{fleet['fps']:.1f} fps (frame p95 {fleet['frame_ms_p95']:.0f} ms, max {fleet['frame_ms_max']:.0f} ms) | "
             f">= 10 fps | {'yes' if v['fleet_fps']['ok'] else 'no'} |",
             f"| the same page, no robot streaming (baseline of this machine) | {fleet['idle']['fps']:.1f} fps "
             f"(frame p95 {fleet['idle']['frame_ms_p95']:.0f} ms) | | |"]
+    nice = res.get("fleet_server_nice10")
+    if nice:
+        rows.append(f"| {nice['robots']} robots streaming, server threads at nice +10 (as if the browser had its own "
+                    f"machine; {nice['answers_per_s']:.1f} answers/s) | {nice['fps']:.1f} fps (frame p95 "
+                    f"{nice['frame_ms_p95']:.0f} ms, max {nice['frame_ms_max']:.0f} ms) | >= 10 fps | "
+                    f"{'yes' if nice['fps'] >= 10 else 'no'} |")
     rows.append("")
     rows.append(f"map: {res['map']['total']:,} points ({res['map']['how']}); browser: headless Chromium "
-                f"{res['browser']} (SwiftShader WebGL, no GPU); server and browser on the same machine")
+                f"{res['browser']} (SwiftShader WebGL, no GPU); {res.get('server', 'server')}, browser and robots "
+                f"on the same machine; times are medians where several")
     rows.append(machine_line(mi))
     return "\n".join(rows)
