@@ -25,6 +25,7 @@ dropped and errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import shutil
 import statistics
@@ -363,7 +364,8 @@ def run_local_fleet(cfg: FleetConfig, root: Path = DEFAULT_ROOT, workdir: Path =
         robot_key = reg.create_key("robot", [map_id], name="fleet-robots")[1]
         del reg
         reporter.log(f"starting vloc serve on 127.0.0.1 ({workers} workers)")
-        server = ServerProcess(data, workers)
+        # the bundle is registered by its server path: the server may read bundles from its folder
+        server = ServerProcess(data, workers, env={"VLOC_IMPORT_ROOTS": json.dumps([str(Path(bundle).resolve().parent)])})
         server.wait_ready()
         with VlocClient(server.url, admin_key, timeout=300) as admin:
             admin.register_map_path(map_id, bundle)

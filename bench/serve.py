@@ -231,6 +231,7 @@ def run_serve_bench(cfg: ServeBenchConfig, root: Path | None = None, workdir: Pa
                                       ("VLOC_MAX_QUEUE_WAIT_S", cfg.max_wait_s), ("VLOC_DEVICE", cfg.device),
                                       ("VLOC_LEARNED_MATCHER", cfg.matcher), ("VLOC_MAX_BATCH", cfg.max_batch),
                                       ("VLOC_MAX_BATCH_WAIT_MS", cfg.max_batch_wait_ms)) if v is not None}
+        env["VLOC_IMPORT_ROOTS"] = json.dumps([str(Path(bundle).resolve().parent)])  # registered by path below
         server = ServerProcess(data, cfg.workers, cfg.cache_mb, env=env)
         server.wait_ready()
         t0 = time.perf_counter()
