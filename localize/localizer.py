@@ -468,7 +468,7 @@ class Localizer:
     def _point_covariances(self, point_rows: np.ndarray) -> np.ndarray | None:
         """(N, 3, 3) world covariances of the map points ``point_rows`` (None without them)."""
         q = self.map.point_quality
-        return None if q is None else q["covariance"][point_rows]
+        return None if q is None else q["covariance"][point_rows].astype(np.float64)
 
     def _pixel_sigma(self, attempt: Attempt, camera: Camera) -> float:
         """Query keypoint noise in native pixels: ``query_keypoint_sigma_px`` at the working resolution."""

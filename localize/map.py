@@ -37,16 +37,17 @@ def load_point_quality(base: Path, image_names: list[str], ids: np.ndarray) -> d
     ids): from features.h5, or (bundles written before it was stored) computed from ``model/``
     with :func:`mapping.point_quality.from_reconstruction`; None when there is no model either."""
     stored = read_point_quality(base / "features.h5")
-    if stored is not None:
-        return stored
-    if not (base / "model").is_dir():
-        return None
-    from mapping.point_quality import from_reconstruction
-    q = from_reconstruction(pycolmap.Reconstruction(str(base / "model")), image_names)
-    if not np.array_equal(q.ids, ids):
-        raise VlocError(f"{base}: model/ and features.h5 list different 3D points")
-    return {"track_length": q.track_length, "tri_angle_deg": q.tri_angle_deg,
-            "reproj_error_px": q.reproj_error_px, "covariance": q.covariance}
+    if stored is None:
+        if not (base / "model").is_dir():
+            return None
+        from mapping.point_quality import from_reconstruction
+        q = from_reconstruction(pycolmap.Reconstruction(str(base / "model")), image_names)
+        if not np.array_equal(q.ids, ids):
+            raise VlocError(f"{base}: model/ and features.h5 list different 3D points")
+        stored = {"track_length": q.track_length, "tri_angle_deg": q.tri_angle_deg,
+                  "reproj_error_px": q.reproj_error_px, "covariance": q.covariance}
+    stored["covariance"] = stored["covariance"].astype(np.float32)  # 36 bytes per point in memory
+    return stored
 
 
 def mapped_descriptors(bundle: Path, manifest: dict, mmap_dir: Path, rel: str = "features.h5") -> np.ndarray:
@@ -83,7 +84,7 @@ class LocalizationMap:
     obs_keypoints: (T, 2) float32 COLMAP pixels and image_sizes: (N, 2) width, height (learned
     sets; LightGlue needs them), else None. feature_set: which set of the bundle this is.
     point_quality: per point row, ``track_length``, ``tri_angle_deg``, ``reproj_error_px`` and
-    ``covariance`` (P, 3, 3) m^2 world frame (:mod:`mapping.point_quality`): stored in features.h5
+    ``covariance`` (P, 3, 3) float32 m^2 world frame (:mod:`mapping.point_quality`): stored in features.h5
     by builds since 2026-12; for older bundles derived from ``model/`` at load (same numbers);
     None only when neither is there (the pose covariance then has pixel noise alone).
     """
