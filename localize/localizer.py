@@ -247,7 +247,7 @@ class Localizer:
         self.dtype = torch.float16 if c.fp16 and self.device.type == "cuda" else torch.float32
         self.learned_backend = make_backend(fs.type, **learned_kwargs(
             fs.type, c.learned_max_keypoints, c.learned_max_image_side, c.device, c.fp16,
-            c.learned_keypoint_selection))
+            c.learned_keypoint_selection, min_image_side=self._map_image_side()))
         self.matcher = None
         if c.learned_matcher == "lightglue":
             lg = "disk" if fs.type == "disk" else "aliked" if fs.type in ("aliked-n16", "aliked-n32") else None
@@ -255,6 +255,15 @@ class Localizer:
                 raise VlocError(f"LightGlue has no weights for {fs.type}: use learned_matcher='nn'")
             self.matcher = LightGlueMatcher(lg, device=c.device, fp16=c.fp16)
         self.device_bytes = self.map.to_device(self.device, self.dtype)
+
+    def _map_image_side(self) -> int:
+        """The side small query frames are brought to (``learned_match_map_scale``): the median
+        longest side of the map's images, at most ``learned_max_image_side``; 0 = off."""
+        sizes = self.map.image_sizes
+        if not self.cfg.learned_match_map_scale or sizes is None or len(sizes) == 0:
+            return 0
+        side = int(np.median(np.max(np.asarray(sizes), axis=1)))
+        return min(side, self.cfg.learned_max_image_side) if self.cfg.learned_max_image_side else side
 
     def _backend(self, attempt: Attempt) -> SiftBackend:
         backends = self._local.__dict__.setdefault("backends", {})

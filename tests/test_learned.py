@@ -161,6 +161,23 @@ def test_downscaled_keypoints_map_back_to_input_pixels(kind):
 
 
 @pytest.mark.parametrize("kind", ["aliked", "disk"])
+def test_upscaled_keypoints_map_back_to_input_pixels(kind):
+    """min_image_side: a small frame is seen at the larger scale; keypoints come back in its own pixels."""
+    small = cv2.resize(texture(seed=4), (W // 2, H // 2), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)
+    make = (lambda **kw: AlikedBackend(AlikedConfig(device="cpu", **kw))) if kind == "aliked" else \
+        (lambda **kw: DiskBackend(DiskConfig(device="cpu", **kw)))
+    up, native = make(min_image_side=max(W, H)), make()
+    f_up, f_big = up.extract(small), native.extract(big)
+    assert len(f_up) > 0
+    np.testing.assert_allclose(2 * f_up.keypoints, f_big.keypoints, atol=1e-4)
+    np.testing.assert_array_equal(f_up.descriptors, f_big.descriptors)
+    assert f_up.keypoints[:, 0].max() <= W // 2 and f_up.keypoints[:, 1].max() <= H // 2
+    assert "min_image_side" not in native.config() and up.config()["min_image_side"] == max(W, H)
+    assert native.config() == make(max_keypoints=2048).config()  # off = the config maps were built with
+
+
+@pytest.mark.parametrize("kind", ["aliked", "disk"])
 def test_batch_equals_single(kind, backends):
     backend = backends[kind]
     # one image of another size, not a multiple of 16 (DISK pads) or 32 (ALIKED pads)

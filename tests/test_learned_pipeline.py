@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -103,6 +104,20 @@ def test_aliked_queries_localize_within_5cm_5deg(bundle, queries, matcher):
     results = [loc.localize(rgb, DEFAULT_CAMERA) for rgb, _ in queries]
     _check_accurate(results, queries)
     assert all(r.num_inliers >= 50 for r in results)
+
+
+def test_half_resolution_queries_are_seen_at_the_map_scale(bundle, queries):
+    """learned_match_map_scale: a half-size frame (camera scaled too) is upscaled to the map images'
+    side before ALIKED; the pose comes back in the frame's own pixels."""
+    loc = Localizer(bundle[0], LocalizerConfig(features="aliked", learned_matcher="nn", device="cpu"))
+    side = max(DEFAULT_CAMERA.width, DEFAULT_CAMERA.height)
+    assert loc.learned_backend.cfg.min_image_side == min(side, loc.cfg.learned_max_image_side)
+    off = Localizer(bundle[0], LocalizerConfig(features="aliked", learned_matcher="nn", device="cpu",
+                                               learned_match_map_scale=False))
+    assert off.learned_backend.cfg.min_image_side == 0
+    cam = DEFAULT_CAMERA.scaled(0.5)
+    small = [cv2.resize(rgb, (cam.width, cam.height), interpolation=cv2.INTER_AREA) for rgb, _ in queries]
+    _check_accurate([loc.localize(im, cam) for im in small], queries)
 
 
 def test_the_sift_set_still_answers_by_default(bundle, queries):

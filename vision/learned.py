@@ -163,6 +163,8 @@ class _LearnedBackend:
     def config(self) -> dict:
         """The parameters that define the features; ``device`` and ``batch_size`` do not and are left out."""
         cfg = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "batch_size")}
+        if not cfg.get("min_image_side"):  # off: the same config (and map hashes) as before the field existed
+            cfg.pop("min_image_side", None)
         return {"backend": self.name, **cfg}
 
     def extract(self, gray: np.ndarray) -> Features:
@@ -191,6 +193,10 @@ class _LearnedBackend:
             s = self.cfg.max_image_side / side
             w_net, h_net = max(1, round(w_in * s)), max(1, round(h_in * s))
             grays = [cv2.resize(g, (w_net, h_net), interpolation=cv2.INTER_AREA) for g in grays]
+        elif self.cfg.min_image_side and side < self.cfg.min_image_side:
+            s = self.cfg.min_image_side / side
+            w_net, h_net = max(1, round(w_in * s)), max(1, round(h_in * s))
+            grays = [cv2.resize(g, (w_net, h_net), interpolation=cv2.INTER_LINEAR) for g in grays]
         else:
             w_net, h_net = w_in, h_in
         factor = np.array([w_in / w_net, h_in / h_net], np.float64)
@@ -220,6 +226,10 @@ class LearnedConfig:
     max_keypoints: int = 2048
     #: longest side the network sees (INTER_AREA downscale above it; 0 = native).
     max_image_side: int = 1024
+    #: ... and at least this (INTER_LINEAR upscale below it; 0 = native). Neither network is
+    #: scale-covariant: the localizer sets it to its map's image side so a small query frame is seen
+    #: at the scale the map's features were extracted at. Keypoints stay in the input's pixels.
+    min_image_side: int = 0
     #: "auto" (cuda if available), "cpu" or "cuda" (falls back to cpu with one warning).
     device: str = "auto"
     #: float16 network on CUDA (ignored on CPU, where kornia's half-precision networks are unreliable).
