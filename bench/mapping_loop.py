@@ -46,8 +46,8 @@ def sfm_centre_errors(bundle: Path, gt_records) -> dict:
 
 def before_config(cfg: BuildConfig) -> BuildConfig:
     """``cfg`` with the previous unposed pipeline's reconstruction settings."""
-    return replace(cfg, reconstruction=replace(cfg.reconstruction, classify_two_view=False, sfm_refine_passes=0,
-                                               loop_check=NO_CHECK))
+    return replace(cfg, reconstruction=replace(cfg.reconstruction, two_view_geometries=("essential",),
+                                               sfm_refine_passes=0, loop_check=NO_CHECK))
 
 
 def bench_generated_loop(n_frames: int = 30, camera: Camera = LOOP_CAMERA, seed: int = 3) -> dict:

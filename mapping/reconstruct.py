@@ -57,10 +57,16 @@ class ReconstructionConfig:
     #: rounds. Measured: 8 px made fountain-P11 worse (0.16 / 0.32 -> 0.19 / 0.37 cm median / max
     #: centre error), Herz-Jesus-P8 too (0.37 / 0.47 -> 0.41 / 0.54 cm); 4 px (COLMAP's) does not.
     sfm_merge_max_reproj_px: float = 4.0
-    #: unposed: give the mappers each pair's geometry as COLMAP classifies it (E / planar H /
-    #: panoramic, :mod:`mapping.two_view`) rather than the verified essential matrix; RANSAC error
-    #: (pixels, as the pair verification's) and minimum inliers.
-    classify_two_view: bool = True
+    #: unposed: the two-view geometries the mappers are given, tried in this order per method
+    #: until a model passes the loop check: "essential" (each pair as verified) and "classified"
+    #: (COLMAP's own E / planar H / panoramic classification, :mod:`mapping.two_view`). Measured:
+    #: neither is right everywhere. Generated 384x256 loop: incremental folded with "essential",
+    #: right with "classified" (0.36 / 0.56 cm); generated 1536x1024 30-image loop: incremental
+    #: folded with both, global right with "essential" (0.04 / 0.09 cm) and wrong with
+    #: "classified"; Strecha: "essential" as before (fountain-P11 0.16 / 0.32 cm), "classified"
+    #: 0.20 / 0.32. So "essential" first (same models as before whenever they were right).
+    two_view_geometries: tuple[str, ...] = ("essential", "classified")
+    #: "classified": RANSAC error (pixels, as the pair verification's) and minimum inliers.
     two_view_max_error_px: float = 4.0
     two_view_min_inliers: int = 15
     #: unposed: when a model counts as inconsistent with its verified pairs (refused).
@@ -170,32 +176,44 @@ def structure_from_motion(records: list[ImageRecord], features: list[Features],
                           verified: dict[tuple[int, int], VerifiedPair], workdir: Path,
                           cfg: ReconstructionConfig, report: dict | None = None
                           ) -> tuple[pycolmap.Reconstruction, str]:
-    """Unknown poses: pycolmap incremental and/or global mapping (``cfg.sfm_method``), each model
+    """Unknown poses: pycolmap incremental and/or global mapping (``cfg.sfm_method``; "auto":
+    incremental first), each method with each of ``cfg.two_view_geometries`` in turn; every model
     refined (:func:`mapping.sfm_refine.refine_model`) and checked against its verified pairs
-    (:func:`mapping.loop_check.loop_report`). Returns the consistent model with the most images
-    and the method that made it; a model that is inconsistent (a loop that did not close, a
-    global model placed wrongly) is never returned: VlocError naming the numbers.
+    (:func:`mapping.loop_check.loop_report`). Returns the first consistent model that registers
+    ``cfg.auto_min_registered`` of the images (else the consistent one with the most) and the
+    method that made it. A model that is inconsistent (a loop that did not close, a global model
+    placed wrongly) is never returned: when none is consistent, VlocError naming the numbers.
     ``report``: when given, filled with the chosen model's check numbers (``loop_check``)."""
     if cfg.sfm_method not in ("auto", "incremental", "global"):
         raise VlocError(f"unknown SfM method {cfg.sfm_method!r}: use auto, incremental or global")
-    db_path, out = prepare_workdir(workdir, records, features, verified, "sfm",
-                                   classify=cfg if cfg.classify_two_view else None)
+    unknown = set(cfg.two_view_geometries) - {"essential", "classified"}
+    if unknown or not cfg.two_view_geometries:
+        raise VlocError(f"unknown two-view geometries {sorted(unknown)}: use essential and/or classified")
     methods = ["incremental", "global"] if cfg.sfm_method == "auto" else [cfg.sfm_method]
+    databases: dict[str, Path] = {}
     best: tuple[pycolmap.Reconstruction, str, LoopReport] | None = None
     refused: list[tuple[str, LoopReport]] = []
     for method in methods:
-        model = _mapping(method, db_path, workdir, out / method, cfg)
-        if model is None or model.num_points3D() == 0:
-            continue
-        model = refine_model(model, db_path, pipeline_options(cfg), cfg.sfm_refine_passes,
-                             cfg.sfm_merge_max_reproj_px)
-        check = loop_report(model, records, features, verified, cfg.loop_check)
-        if not check.consistent:
-            refused.append((method, check))
-            continue
-        if best is None or model.num_reg_images() > best[0].num_reg_images():
-            best = (model, method, check)
-        if best[0].num_reg_images() >= cfg.auto_min_registered * len(records):
+        for geometry in cfg.two_view_geometries:
+            if geometry not in databases:
+                (workdir / geometry).mkdir(parents=True, exist_ok=True)
+                databases[geometry], _ = prepare_workdir(workdir / geometry, records, features, verified, "sfm",
+                                                         classify=cfg if geometry == "classified" else None)
+            db_path = databases[geometry]
+            model = _mapping(method, db_path, db_path.parent, db_path.parent / "sfm" / method, cfg)
+            if model is None or model.num_points3D() == 0:
+                continue
+            model = refine_model(model, db_path, pipeline_options(cfg), cfg.sfm_refine_passes,
+                                 cfg.sfm_merge_max_reproj_px)
+            check = loop_report(model, records, features, verified, cfg.loop_check)
+            if not check.consistent:
+                refused.append((f"{method} ({geometry} pairs)", check))
+                continue
+            if best is None or model.num_reg_images() > best[0].num_reg_images():
+                best = (model, method, check)
+            if best[0].num_reg_images() >= cfg.auto_min_registered * len(records):
+                break
+        if best is not None and best[0].num_reg_images() >= cfg.auto_min_registered * len(records):
             break
     if best is None:
         if refused:
