@@ -36,12 +36,13 @@ def loop_candidates(similarity: np.ndarray, k: int, min_gap: int) -> list[tuple[
 
 def unposed_pairs(n: int, similarity, exhaustive_max_images: int, retrieval_k: int, sequential_window: int,
                   loop_k: int = 3) -> list[tuple[int, int]]:
-    """Pairs of n unposed images. Up to ``exhaustive_max_images`` every pair (measured: 30- and
-    40-image generated loops and the Strecha scenes, exhaustive pairs cost 2-3x the matching of
-    retrieval pairs, which is seconds at that size; above it the quadratic count dominates).
-    Above it: sequential neighbours within ``sequential_window`` (wrapping around the end: a
-    capture loop closes on its first frames), the ``retrieval_k`` most similar partners, and
-    ``loop_k`` loop candidates beyond the window (:func:`loop_candidates`).
+    """Pairs of n unposed images. Up to ``exhaustive_max_images`` every pair; above it sequential
+    neighbours within ``sequential_window`` (wrapping around the end: a capture loop closes on its
+    first frames), the ``retrieval_k`` most similar partners, and ``loop_k`` loop candidates beyond
+    the window (:func:`loop_candidates`). Measured (generated 60-image loop, 768x512, 2 loaded
+    cores, k=15, window 3, loop_k 3): 503 pairs, 99 s of matching vs exhaustive 1,770 pairs, 439 s,
+    the same model (0.08 / 0.17 cm median / max centre error, all 60 registered, consistent). The
+    build's ``exhaustive_max_images`` (40: 780 exhaustive pairs vs ~350 by retrieval) stays.
 
     similarity: a callable returning the (n, n) global-descriptor similarity (only called above
     the exhaustive size).
