@@ -171,7 +171,8 @@ class VlocClient(_Shared):
 
     def register_map_path(self, map_id: str, server_path: str | os.PathLike, version: str | None = None,
                           activate: bool | None = True) -> dict:
-        """Register a bundle that already lies on the server's disk (copied into its data dir)."""
+        """Register a bundle that already lies on the server's disk (copied into its data dir); only
+        under the directories the server's ``import_roots`` names (none by default: 403)."""
         body: dict = {"path": str(server_path)}
         if version is not None:
             body["version"] = str(version)
