@@ -37,6 +37,12 @@ def build(
                                             "default: this process"),
     workers: Optional[int] = typer.Option(None, "--workers", help="with --scheduler local: worker processes "
                                           "(default one per core); tcp: workers to wait for"),
+    partition: str = typer.Option("auto", "--partition", help="partitioned reconstruction: auto (maps larger than "
+                                  "one partition) | off | on; posed maps in spatial tiles, unposed in view-graph "
+                                  "clusters (GPS when present), one Dask task each on a cluster"),
+    max_partition_images: Optional[str] = typer.Option(None, "--max-partition-images", metavar="N",
+                                                       help="images per partition (default: posed 5000, "
+                                                       "unposed 150)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest statistics as JSON"),
 ) -> None:
@@ -48,9 +54,12 @@ def build(
         cfg_job = load_batch_config(config)
         if scheduler is not None or workers is not None:  # where it runs: the flags win over the file
             cfg_job = with_scheduler(cfg_job, scheduler, workers)
+        if partition != "auto" or max_partition_images is not None:
+            raise VlocError("--partition / --max-partition-images change what a job builds: set build.partition / "
+                            "build.max_partition_images in the job file")
         done = run_batch(cfg_job, Reporter(enabled=not quiet))
         print(json.dumps({"bundle": str(cfg_job.out), "stages": done}) if as_json else
               f"map job done: {cfg_job.out} (" + ", ".join(f"{k} {v}" for k, v in done.items()) + ")")
         return
     build_from_images(images, out, poses, poses_format, camera, sfm, max_keypoints, quiet, as_json, features, device,
-                      scheduler, workers)
+                      scheduler, workers, partition, max_partition_images)

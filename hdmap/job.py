@@ -57,10 +57,16 @@ class BuildSection(_Section):
     scheduler: Optional[str] = None
     #: Dask workers (local: processes to start; tcp: to wait for).
     workers: Optional[int] = Field(None, ge=1)
+    #: partitioned reconstruction: auto (maps larger than one partition) | off | on.
+    partition: Literal["auto", "off", "on"] = "auto"
+    #: images per partition (None: the map kind's default, see mapping.config).
+    max_partition_images: Optional[int] = Field(None, ge=10)
 
 
 #: BuildSection fields that say where the build runs, not what it builds (left out of its key).
 WHERE_IT_RUNS = {"scheduler", "workers"}
+#: BuildSection fields added later: in the key only when set (the keys of earlier jobs stay).
+KEYED_WHEN_SET = {"partition": "auto", "max_partition_images": None}
 
 
 class GeorefSection(_Section):
@@ -187,7 +193,9 @@ def _build_key(cfg: BatchConfig) -> str:
 
     b = cfg.build
     records = _records(b)
-    return content_key("build", b.model_dump(mode="json", exclude=WHERE_IT_RUNS),
+    section = {k: v for k, v in b.model_dump(mode="json", exclude=WHERE_IT_RUNS).items()
+               if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]}
+    return content_key("build", section,
                        source_checksums(b.images, _resolved(b.images, records), b.poses)["images"],
                        _file_sha(b.poses))
 
@@ -218,7 +226,7 @@ def _run_build(cfg: BatchConfig, reporter: Reporter) -> None:
 
     b = cfg.build
     cluster = cluster_config(b.scheduler, b.workers)
-    bc = build_config(b.features, b.max_keypoints, b.device, b.sfm)
+    bc = build_config(b.features, b.max_keypoints, b.device, b.sfm, b.partition, b.max_partition_images)
     build_map(b.images, _records(b), cfg.out, bc, pose_file=b.poses, pose_format=b.poses_format,
               reporter=reporter, work_dir=cfg.work / "build", cluster=cluster)
 

@@ -23,6 +23,7 @@ from mapping.extract import extract_all, feature_key
 from mapping.feature_store import FeatureStore, ObservedDescriptors
 from mapping.match import lightglue_features, match_pairs
 from mapping.pairs import pairs_exhaustive, pairs_from_poses, pairs_from_similarity
+from mapping.partition_build import PartitionPlan, PartJob, merge_parts, part_jobs, plan_partitions, run_parts
 from mapping.point_quality import of_feature_set
 from mapping.reconstruct import (
     filter_points,
@@ -175,6 +176,9 @@ class BuildStages(Protocol):
     def retrieval(self, names: list[str], feats: FeatureStore, cfg: BuildConfig, reporter: Reporter
                   ) -> RetrievalIndex: ...
 
+    def parts(self, jobs: list[PartJob], cfg: BuildConfig, reporter: Reporter, keypoints: Sequence,
+              verified: Mapping[tuple[int, int], VerifiedPair]) -> list[dict]: ...
+
 
 class InProcessStages:
     """Features and matches on this process's thread pools (``cfg.workers`` threads); the retrieval
@@ -188,6 +192,9 @@ class InProcessStages:
 
     def retrieval(self, names, feats, cfg, reporter):
         return build_retrieval_index(names, feats.descriptors, feats.counts, cfg.retrieval)
+
+    def parts(self, jobs, cfg, reporter, keypoints, verified):
+        return run_parts(jobs, cfg.workers, reporter, keypoints, verified)
 
 
 IN_PROCESS = InProcessStages()
@@ -232,14 +239,21 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
     t = time.perf_counter()
     # the COLMAP database and the posed model take each image's keypoints, read one image at a time
     keypoints = feats.keypoint_view() if feats.streams else list(feats)
+    plan = plan_partitions(records, verified, cfg, posed)
+    part_stats = None
     with tempfile.TemporaryDirectory(prefix="vloc-build-") as work, ThreadPoolExecutor(1) as side:
         sfm_used = None
-        if posed:
-            pending_index = side.submit(build_index)
+        pending_index = side.submit(build_index) if posed else None
+        if plan is not None:
+            rec, part_stats = reconstruct_parts(plan, records, keypoints, verified, cfg, Path(work), reporter, cache,
+                                                fkeys, stages)
+            timings["partitions_s"], timings["merge_s"] = part_stats.pop("parts_s"), part_stats["merge_s"]
+        elif posed:
             rec = triangulate_known_poses(records, keypoints, verified, Path(work), cfg.reconstruction)
-            index = pending_index.result()
         else:
             rec, sfm_used = structure_from_motion(records, keypoints, verified, Path(work), cfg.reconstruction)
+        if pending_index is not None:
+            index = pending_index.result()
     removed = filter_points(rec, cfg.reconstruction)
     if rec.num_points3D() == 0:
         raise VlocError("every triangulated point failed the track-length / reprojection filter")
@@ -265,6 +279,7 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
         "n_pairs": len(pairs), "n_verified_pairs": len(verified), "n_points_filtered": removed,
         "mean_keypoints_per_image": float(np.mean(feats.counts)),
         **({"sfm_method_used": sfm_used} if sfm_used else {}),
+        **({"partitions": part_stats} if part_stats else {}),
     }
     keep = [k for k, n in enumerate(index.names) if n in registered]
     order = {n: k for k, n in enumerate(index.names)}
@@ -274,6 +289,24 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
     sizes = np.array([[cam_of[n].width, cam_of[n].height] for n in names], np.int32).reshape(-1, 2)
     timings["compaction_s"] = time.perf_counter() - t
     return FeatureSetModel(compact, names, kps, descs, pids, sizes, index, stats, timings)
+
+
+def reconstruct_parts(plan: PartitionPlan, records: list[ImageRecord], keypoints: Sequence,
+                      verified: Mapping[tuple[int, int], VerifiedPair], cfg: BuildConfig, work: Path,
+                      reporter: Reporter, cache: StageCache | None, fkeys: list[str] | None, stages: BuildStages
+                      ) -> tuple[pycolmap.Reconstruction, dict]:
+    """Partitioned reconstruction (:mod:`mapping.partition_build`): each part through ``stages``
+    (threads here, or one Dask task per part), its model in the work directory when there is one
+    (a rerun resumes), then merged here. Returns the model and ``statistics.partitions``."""
+    t = time.perf_counter()
+    parallel = not isinstance(stages, InProcessStages) or min(cfg.workers, len(plan.parts)) > 1
+    jobs = part_jobs(plan, records, cfg, work / "parts", verified, cache, fkeys, parallel)
+    reporter.log(f"partitioned reconstruction: {len(jobs)} {plan.kind} of at most {plan.max_images} images "
+                 f"(+ overlap) from {len(records)} images")
+    summaries = stages.parts(jobs, cfg, reporter, keypoints, verified)
+    parts_s = time.perf_counter() - t
+    rec, stats = merge_parts(plan, jobs, summaries, records, keypoints, verified, work, cfg)
+    return rec, {**stats, "parts_s": parts_s}
 
 
 def write_set(folder: Path, s: FeatureSetModel, with_keypoints: bool) -> None:

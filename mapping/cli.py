@@ -61,8 +61,10 @@ def load_records(images: Path, poses: Optional[Path], poses_format: Optional[Pos
 
 
 def build_config(features: str = "sift", max_keypoints: Optional[int] = None, device: str = "auto",
-                 sfm: str = "auto") -> BuildConfig:
-    """A BuildConfig from the CLI's choices (None keypoints: the feature type's default)."""
+                 sfm: str = "auto", partition: str = "auto", max_partition_images: Optional[int] = None
+                 ) -> BuildConfig:
+    """A BuildConfig from the CLI's choices (None keypoints: the feature type's default; None
+    partition size: the map kind's default)."""
     from dataclasses import replace
 
     from bundleio import canonical_name
@@ -77,25 +79,39 @@ def build_config(features: str = "sift", max_keypoints: Optional[int] = None, de
         cfg = replace(cfg, features=replace(cfg.features, max_keypoints=max_keypoints),
                       learned=replace(cfg.learned, max_keypoints=max_keypoints))
     return replace(cfg, learned=replace(cfg.learned, device=device),
-                   reconstruction=replace(cfg.reconstruction, sfm_method=sfm))
+                   reconstruction=replace(cfg.reconstruction, sfm_method=sfm), partition=partition,
+                   max_partition_images=max_partition_images)
+
+
+def partition_images(text: Optional[str]) -> Optional[int]:
+    """``--max-partition-images`` (taken as text so that a bad value is one error line)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise VlocError(f"--max-partition-images takes a whole number of images, got {text!r}") from None
 
 
 def build_from_images(images: Optional[Path], out: Optional[Path], poses: Optional[Path],
                       poses_format: Optional[PoseFormat], camera: Optional[str], sfm: SfmMethod,
                       max_keypoints: Optional[int], quiet: bool, as_json: bool, features: str = "sift",
-                      device: str = "auto", scheduler: Optional[str] = None, workers: Optional[int] = None) -> None:
+                      device: str = "auto", scheduler: Optional[str] = None, workers: Optional[int] = None,
+                      partition: str = "auto", max_partition_images: Optional[str] = None) -> None:
     """`vloc map build` from flags (posed images, or SfM from unposed ones): build, then report.
     ``scheduler``: None (this process), "local" or "tcp://HOST:PORT" (a Dask cluster; the work
-    directory is then the bundle's hidden sibling ``.NAME.work/build``, kept to resume)."""
+    directory is then the bundle's hidden sibling ``.NAME.work/build``, kept to resume).
+    ``partition``: auto | off | on, ``max_partition_images``: images per partition
+    (:mod:`mapping.partition_build`)."""
     if images is None or out is None:
         raise VlocError("give --images and --out (or --config FILE)")
     from mapping.cluster import cluster_config
     cluster = cluster_config(scheduler, workers)
+    cfg = build_config(features, max_keypoints, device, sfm.value, partition, partition_images(max_partition_images))
     cam = Camera.parse(camera) if camera else None
     if not images.is_dir():
         raise VlocError(f"--images {images} is not a directory")
     records = load_records(images, poses, poses_format, cam)
-    cfg = build_config(features, max_keypoints, device, sfm.value)
     from mapping.build import build_map
     reporter = Reporter(enabled=not quiet)
     manifest = build_map(images, records, out, cfg, pose_file=poses,

@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from core.types import VlocError
 from mapping.pairs import PosePairConfig
+from mapping.partition import PartitionConfig
 from mapping.reconstruct import ReconstructionConfig
 from vision.features import SiftConfig
 from vision.matching import MatchConfig
 from vision.retrieval import RetrievalConfig
+
+PARTITION_MODES = ("auto", "off", "on")
+#: default images per partition of posed maps (``partition: auto`` tiles larger maps): PLACEHOLDER
+POSED_PARTITION_IMAGES = 5000
+#: default images per view-graph cluster of unposed maps (larger maps are split): PLACEHOLDER
+UNPOSED_PARTITION_IMAGES = 150
+#: an unposed cluster core must hold its overlap on both sides (PartitionConfig).
+MIN_PARTITION_IMAGES = 10
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,28 @@ class BuildConfig:
     retrieval_pairs_k: int = 15
     sequential_window: int = 3
     workers: int = max(1, os.cpu_count() or 1)
+    #: partitioned reconstruction (:mod:`mapping.partition_build`): "auto" (maps of more images than
+    #: one partition holds), "on" (always, even a map that fits one partition) or "off".
+    partition: str = "auto"
+    #: images per partition (a posed map's k-d tile, an unposed map's view-graph cluster core, before
+    #: the overlap); None: the map kind's default (:data:`POSED_PARTITION_IMAGES`,
+    #: :data:`UNPOSED_PARTITION_IMAGES`). "auto" partitions a map of more images than this.
+    max_partition_images: int | None = None
+    #: overlaps, alignment checks and merging of the partitions.
+    partitioning: PartitionConfig = field(default_factory=PartitionConfig)
+
+    def __post_init__(self) -> None:
+        if self.partition not in PARTITION_MODES:
+            raise VlocError(f"--partition must be auto, off or on, got {self.partition!r}")
+        if self.max_partition_images is not None and self.max_partition_images < MIN_PARTITION_IMAGES:
+            raise VlocError(f"--max-partition-images must be at least {MIN_PARTITION_IMAGES}, got "
+                            f"{self.max_partition_images}")
+
+    def partition_images(self, posed: bool) -> int:
+        """Images per partition of a posed or unposed map."""
+        if self.max_partition_images is not None:
+            return self.max_partition_images
+        return POSED_PARTITION_IMAGES if posed else UNPOSED_PARTITION_IMAGES
 
     @property
     def learned_features(self) -> bool:

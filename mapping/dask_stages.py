@@ -43,6 +43,7 @@ from mapping.match import (
     match_pair_batch,
     pair_matcher,
 )
+from mapping.partition_build import PartJob, run_part
 from mapping.retrieval_index import assemble_sample, take_rows, vlad_rows, vocabulary_sample
 from mapping.stage_cache import StageCache, content_key
 from vision.features import Features
@@ -158,7 +159,7 @@ class DaskStages:
             futures[fut], batches[fut] = len(batch), batch
         self.stats["feature_tasks"] = len(futures)
         counts: list[int | None] = [None] * len(records)
-        for fut, n_keypoints in self._wait(futures, "features", reporter).items():
+        for fut, n_keypoints in self._wait(futures, "features", reporter, "images").items():
             for k, n in zip(batches[fut], n_keypoints):
                 counts[k] = n
         for k, (r, key) in enumerate(zip(records, keys)):
@@ -194,7 +195,7 @@ class DaskStages:
                                      key=f"vloc-matches-{content_key(cache_root, [keys[p] for p in batch])[:24]}")
             futures[fut] = len(batch)
         self.stats["match_tasks"] = len(futures)
-        n_matches = {(i, j): n for out in self._wait(futures, "matching", reporter).values() for i, j, n in out}
+        n_matches = {(i, j): n for out in self._wait(futures, "matching", reporter, "pairs").values() for i, j, n in out}
         verified = []
         for p in pairs:
             n = n_matches.get(p)
@@ -237,6 +238,25 @@ class DaskStages:
         g = np.concatenate([vectors[f] for f in futures]) if futures else np.zeros((0, centroids.size), np.float16)
         return RetrievalIndex(centroids, g, list(names))
 
+    def parts(self, jobs: list[PartJob], cfg: BuildConfig, reporter: Reporter, keypoints=None,
+              verified=None) -> list[dict]:
+        """One task per partition (:func:`mapping.partition_build.run_part`, inputs from the work
+        directory, model written there); summaries in job order. A part finished before (this run
+        or an earlier one) is read back by its task, not reconstructed again."""
+        if any(j.cache_root is None for j in jobs):
+            raise VlocError("a build on a Dask cluster needs a work directory every worker shares")
+        futures, order = {}, {}
+        for k, job in enumerate(jobs):
+            fut = self.client.submit(measured, run_part, job, key=f"vloc-part-{Path(job.folder).name}")
+            futures[fut], order[fut] = 1, k
+        self.stats["partition_tasks"] = len(futures)
+        kind = jobs[0].kind if jobs else "parts"
+        out: list[dict | None] = [None] * len(jobs)
+        for fut, summary in self._wait(futures, f"reconstruction ({len(jobs)} {kind})", reporter,
+                                       "partitions").items():
+            out[order[fut]] = summary
+        return out  # type: ignore[return-value]
+
     def summary(self) -> dict:
         """Tasks per stage and, per worker (address), its tasks and peak resident memory (overall and
         per stage); ``worker_peak_rss_bytes``: the largest."""
@@ -262,7 +282,7 @@ class DaskStages:
             raise VlocError("a build on a Dask cluster needs a work directory every worker shares")
         return cache
 
-    def _wait(self, futures: dict[Future, int], stage: str, reporter: Reporter) -> dict[Future, Any]:
+    def _wait(self, futures: dict[Future, int], stage: str, reporter: Reporter, unit: str = "") -> dict[Future, Any]:
         """Each task's result (tasks run through :func:`measured`: their memory reports are noted
         here), a progress bar advanced by the items each one finished; a task's error is raised here
         (the others are cancelled). Bounded: a cluster without any worker for
@@ -274,7 +294,8 @@ class DaskStages:
         ac = as_completed(list(futures), loop=self.client.loop)
         alone_since, checked = None, time.monotonic()
         try:
-            with reporter.stage(f"{stage} ({len(futures)} Dask task{'s' * (len(futures) != 1)})", total) as advance:
+            with reporter.stage(f"{stage} ({len(futures)} Dask task{'s' * (len(futures) != 1)})", total,
+                                unit) as advance:
                 while not ac.is_empty():
                     done = ac.next_batch(block=False)
                     for fut in done:

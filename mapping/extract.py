@@ -111,7 +111,7 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
             store(k, local.backend.extract(gray(k)))
 
         with worker_pool(cfg.workers) as ex:
-            list(reporter.track(ex.map(one, todo), "features", total=len(todo)))
+            list(reporter.track(ex.map(one, todo), "features", total=len(todo), unit="images"))
     elif todo:
         backend = learned_backend(cfg)
         step = max(1, cfg.learned.batch_size)
@@ -128,7 +128,7 @@ def extract_all(root: Path, records: list[ImageRecord], cfg: BuildConfig, report
                         store(k, f)
                         yield k
 
-        for _ in reporter.track(run(), "features", total=len(todo)):
+        for _ in reporter.track(run(), "features", total=len(todo), unit="images"):
             pass
     usable_or_fail(counts)  # type: ignore[arg-type]
     if cache is None:

@@ -198,7 +198,7 @@ def match_pairs(records: list[ImageRecord], feats: FeatureStore, pairs: list[tup
     verified: list[tuple[int, int]] = []
     held: dict[tuple[int, int], VerifiedPair] = {}
     with worker_pool(cfg.workers) as ex:
-        for p, vp in reporter.track(ex.map(matcher, pairs), "matching", total=len(pairs)):
+        for p, vp in reporter.track(ex.map(matcher, pairs), "matching", total=len(pairs), unit="pairs"):
             if vp is not None:
                 verified.append(p)
                 if cache is None:

@@ -56,7 +56,7 @@ def part_inputs(index: np.ndarray, records: list[ImageRecord], features: list[Fe
     between them (only ``pairs`` when given)."""
     index = np.asarray(index, np.int64)
     local = {int(g): k for k, g in enumerate(index)}
-    keys = verified.keys() if pairs is None else [p for p in pairs if p in verified]
+    keys = list(verified) if pairs is None else [p for p in pairs if p in verified]  # (a MatchStore iterates)
     sub = {(local[i], local[j]): verified[(i, j)] for i, j in keys if i in local and j in local}
     return PartInputs(index, [records[int(g)] for g in index], [features[int(g)] for g in index], sub)
 
