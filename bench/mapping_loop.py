@@ -92,4 +92,7 @@ def loop_rows(r: dict) -> list[str]:
             rows.append(f"{label} centre error median / max, registered, s | "
                         f"{x['median_centre_error_m'] * 100:.2f} / {x['max_centre_error_m'] * 100:.2f} cm, "
                         f"{x['n_registered']}/{x['n_images']}, {x['sfm_s']:.0f} s ({x['sfm_method_used']}) |")
+    if rows:
+        rows.append(f"| | data / before | {r['data']}; before = the previous settings (verified essential "
+                    f"matrices only, no refinement pass, no loop check) |")
     return rows
