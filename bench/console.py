@@ -117,7 +117,7 @@ def _tar(bundle: Path) -> bytes:
     return buf.getvalue()
 
 
-def _first_render(driver, url: str, repeats: int) -> list[dict]:
+def _first_render(driver, url: str, repeats: int, screenshot: Path | None = None) -> list[dict]:
     from bench.console_browser import wait_for
     runs = []
     for _ in range(repeats):
@@ -129,6 +129,9 @@ def _first_render(driver, url: str, repeats: int) -> list[dict]:
             ".map((e) => ({start: e.startTime, end: e.responseEnd}))[0]")
         runs.append({"first_render_ms": stats["presentedMs"], "drawn_ms": stats["drawnMs"], "points": stats["points"],
                      "points_request_ms": points["end"] - points["start"] if points else None})
+    if screenshot is not None:  # what was drawn (the last navigation)
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        screenshot.write_bytes(driver.get_screenshot_as_png())
     return runs
 
 
@@ -278,7 +281,8 @@ def run_console_bench(json_out: Path | None, cfg: ConsoleBenchConfig = ConsoleBe
             result["browser"] = driver.capabilities.get("browserVersion")
             driver.get(f"{url}/healthz")
             driver.execute_script("sessionStorage.setItem('vloc.apiKey', arguments[0])", admin)
-            runs = _first_render(driver, url, cfg.repeats)
+            shot = json_out.with_name(json_out.stem + "_3d.png") if json_out is not None else None
+            runs = _first_render(driver, url, cfg.repeats, shot)
             warm = [r["first_render_ms"] for r in runs[1:]] or [runs[0]["first_render_ms"]]
             result["first_render"] = {"runs": runs, "cold_ms": runs[0]["first_render_ms"],
                                       "warm_median_ms": statistics.median(warm), "warm_max_ms": max(warm)}
