@@ -14,10 +14,11 @@ from mapping.build import BuildConfig, build_map
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
-# measured before these changes (incremental, 2 cores): fountain-P11 0.16 / 0.32 cm median / max,
-# Herz-Jesus-P8 0.37 / 0.47 cm; after: 0.20 / 0.32 and 0.33 / 0.57 cm. The bars leave ~2x.
+# measured (incremental, 2 cores), before these changes and after (the same models: the verified
+# essential geometries pass the loop check here): fountain-P11 0.16 / 0.32 cm median / max,
+# Herz-Jesus-P8 0.37 / 0.47 cm; global 0.26 / 0.44 and 0.40 / 0.95 cm. The bars leave ~2x.
 @pytest.mark.parametrize("scene,max_median_m,max_max_m", [("fountain-P11", 0.005, 0.008),
-                                                          ("Herz-Jesus-P8", 0.008, 0.012)])
+                                                          ("Herz-Jesus-P8", 0.008, 0.015)])
 @pytest.mark.parametrize("method", ["auto", "global"])
 def test_strecha_unposed_right_or_refused(tmp_path, scene, max_median_m, max_max_m, method):
     from datasets.strecha import load_strecha
