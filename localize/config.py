@@ -162,6 +162,12 @@ class LocalizerConfig:
     #: of 332 true poses and no wrong one. (Without point uncertainty the wrong ones had 1.3-8 cm:
     #: the former 0.10 let 5 of them through.)
     max_position_sigma_m: float = 0.03
+    #: learned feature sets: the bounds above before they were chosen on the SIFT cv folds (not
+    #: measured for learned sets yet; their sigma now includes the points' uncertainty, so the
+    #: former 0.10 m is no looser than it was).
+    learned_min_inliers: int = 20
+    learned_min_inlier_ratio: float = 0.08
+    learned_max_position_sigma_m: float = 0.10
     #: largest 1-sigma rotation uncertainty (degrees).
     #: Measured (2026-11-29, redkitchen, 487 accepted queries of held-out splits and the
     #: degradations): true poses (<= 5 cm / 5 deg) reach 1.9 cm / 0.54 deg at most. A map of one

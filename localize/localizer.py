@@ -20,40 +20,12 @@ from localize.config import LocalizerConfig
 from localize.guided import guided_matches
 from localize.learned_match import lightglue_points, nn_points
 from localize.map import LocalizationMap
+from localize.preprocess import noise_sigma, stretch_contrast
 from localize.result import LocalizationResult, PosePrior
 from localize.uncertainty import frame_floor_covariance, refine_with_point_uncertainty
 from vision.features import Features, SiftBackend, SiftConfig, root_sift
 from vision.matching import quantize_int8, search_int8_candidates
 from vision.retrieval import InvertedFile
-
-
-def stretch_contrast(gray: np.ndarray, percentile: float = 1.0, below_range: int = 160) -> np.ndarray:
-    """(H, W) uint8 -> the same with its [p, 100-p] percentile range stretched to [0, 255],
-    when that range spans fewer than ``below_range`` grey levels (else unchanged).
-
-    SIFT descriptors are invariant to this affine change, but its contrast threshold is
-    absolute: dark or washed-out frames get their keypoints back.
-    """
-    hist = np.cumsum(cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel())  # ~4x np.bincount
-    n = hist[-1]
-    lo = int(np.searchsorted(hist, n * percentile / 100))
-    hi = int(np.searchsorted(hist, n * (100 - percentile) / 100))
-    if hi - lo < 8 or hi - lo >= below_range:
-        return gray
-    lut = np.clip((np.arange(256) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-    return cv2.LUT(gray, lut)
-
-
-_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-
-
-def noise_sigma(gray: np.ndarray) -> float:
-    """Immerkaer's fast estimate of white-noise sigma (grey levels) of a (H, W) uint8 image."""
-    h, w = gray.shape
-    # integer kernel on uint8: exact in int16 (|response| <= 16 * 255), ~5x the float32 version
-    r = cv2.filter2D(gray, cv2.CV_16S, _NOISE_KERNEL)[1:-1, 1:-1]
-    return float(np.sqrt(np.pi / 2) / (6 * (w - 2) * (h - 2)) * cv2.norm(r, cv2.NORM_L1))
-
 
 #: pycolmap's pose covariance perturbs the rotation through its quaternion, ``q' = [cos|d|,
 #: sin|d| d/|d|] q``, a rotation by ``2 d``: its rotation block is in half-angle units.
@@ -221,6 +193,8 @@ class Localizer:
                                                                                             cfg.features,
                                                                                             cfg.point_uncertainty)
         self.cfg = cfg
+        # learned sets: pycolmap's pose and covariance as before (the points' uncertainty is measured on SIFT)
+        self._pose_cfg = replace(cfg, point_uncertainty=False) if self.map.learned else cfg
         #: bytes of this map resident on the device (learned sets on CUDA), for the cache budget
         self.device_bytes = 0
         self.device = torch.device("cpu")
@@ -424,7 +398,8 @@ class Localizer:
 
         xy = feats.keypoints[qi].astype(np.float64)
         xyz = m.points_xyz[pi]
-        ans = estimate_pose(xy, xyz, camera, cfg, self._point_covariances(pi), self._pixel_sigma(attempt, camera))
+        ans = estimate_pose(xy, xyz, camera, self._pose_cfg, self._point_covariances(pi),
+                            self._pixel_sigma(attempt, camera))
         lap("pose")
         if ans is None:
             result.reason = "PnP RANSAC found no pose"
@@ -449,11 +424,10 @@ class Localizer:
 
     def _guided(self, feats: Features, rows: np.ndarray, camera: Camera, attempt: Attempt, ans: PoseEstimate,
                 xy: np.ndarray, pi: np.ndarray) -> Rigid3 | None:
-        """Guided matching around the RANSAC pose (:func:`localize.guided.guided_matches` over the
-        retrieved images' points), then the weighted refinement on those matches plus the RANSAC
-        inliers, again without those beyond 3 sigma. Returns that pose (None when it fails). More
-        matches shrink the covariance whether the pose is right or not (on the cv folds, wrong
-        one-pass poses gathered support), so the caller keeps the RANSAC inliers' covariance."""
+        """Guided matching around the RANSAC pose (:func:`localize.guided.guided_matches`, retrieved
+        images' points), weighted refinement on those plus the RANSAC inliers, again without those
+        beyond 3 sigma: that pose, or None. The caller keeps the RANSAC inliers' covariance (more
+        matches shrink it whether the pose is right or not: wrong one-pass poses gathered support)."""
         m, c = self.map, self.cfg
         obs = first_observation_per_point(m.observations(rows), m.obs_point)
         sigma = self._pixel_sigma(attempt, camera)
@@ -487,14 +461,17 @@ class Localizer:
 
     def _accept(self, r: LocalizationResult) -> tuple[bool, str]:
         c = self.cfg
-        if r.num_inliers < c.min_inliers:
-            return False, f"too few inliers ({r.num_inliers} < {c.min_inliers})"
-        if r.inlier_ratio < c.min_inlier_ratio:
-            return False, f"inlier ratio {r.inlier_ratio:.2f} < {c.min_inlier_ratio}"
+        n_min, ratio_min, pos_max = (c.min_inliers, c.min_inlier_ratio, c.max_position_sigma_m) \
+            if not self.map.learned else (c.learned_min_inliers, c.learned_min_inlier_ratio,
+                                          c.learned_max_position_sigma_m)
+        if r.num_inliers < n_min:
+            return False, f"too few inliers ({r.num_inliers} < {n_min})"
+        if r.inlier_ratio < ratio_min:
+            return False, f"inlier ratio {r.inlier_ratio:.2f} < {ratio_min}"
         if r.position_sigma_m is None or r.rotation_sigma_deg is None:
             return False, "pose covariance unavailable"
-        if r.position_sigma_m > c.max_position_sigma_m:
-            return False, f"position uncertainty {r.position_sigma_m:.3f} m > {c.max_position_sigma_m} m"
+        if r.position_sigma_m > pos_max:
+            return False, f"position uncertainty {r.position_sigma_m:.3f} m > {pos_max} m"
         if r.rotation_sigma_deg > c.max_rotation_sigma_deg:
             return False, f"rotation uncertainty {r.rotation_sigma_deg:.2f} deg > {c.max_rotation_sigma_deg} deg"
         return True, "ok"
