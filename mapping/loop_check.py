@@ -1,8 +1,9 @@
 """Is an unposed model consistent with the pair geometry it was built from? Loops that did not close
 (a model drifted or folded around a loop), and global-mapping models placed badly, disagree with
 the verified two-view geometry of the pairs that span them: those pairs' inlier matches no longer
-satisfy the epipolar geometry of the model's poses, and the model's relative rotation differs from
-the two-view one. Pure functions over a model and the verified pairs; the refusal names the numbers.
+satisfy the epipolar geometry of the model's poses (the rotation the pair's own RANSAC found is
+reported, not judged). Pure functions over a model and the verified pairs; the refusal names the
+numbers.
 """
 from __future__ import annotations
 
@@ -76,11 +77,16 @@ class LoopReport:
 
 def sampson_px(x1: np.ndarray, x2: np.ndarray, cam2_from_cam1: Rigid3, focal: float) -> np.ndarray:
     """(N,) Sampson epipolar errors in pixels of (N, 2) normalised coordinates x1 (camera 1), x2
-    (camera 2) under the relative pose ``cam2_from_cam1`` (its translation's scale is irrelevant)."""
+    (camera 2) under the relative pose ``cam2_from_cam1`` (its translation's scale is irrelevant).
+    Without a baseline (a model that put both cameras at one place) the error is the transfer
+    error of the rotation alone, x2 against R x1: small only if the views truly share a centre."""
     t = cam2_from_cam1.translation
     norm = np.linalg.norm(t)
-    if norm < 1e-12:  # no baseline: no epipolar constraint, only the rotation can be judged
-        return np.zeros(len(x1))
+    if norm < 1e-12:
+        p = np.c_[x1, np.ones(len(x1))] @ cam2_from_cam1.rotation.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = np.linalg.norm(p[:, :2] / p[:, 2:] - x2, axis=1) * focal
+        return np.where(np.isfinite(err) & (p[:, 2] > 0), err, np.inf)
     tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) / norm
     E = tx @ cam2_from_cam1.rotation
     h1, h2 = np.c_[x1, np.ones(len(x1))], np.c_[x2, np.ones(len(x2))]

@@ -180,6 +180,13 @@ def test_sampson_error_is_zero_on_the_true_geometry_and_grows_off_it():
     assert np.abs(sampson_px(x1, x2, rel, 500.0)).max() < 1e-6
     off = Rigid3(rel.rotation, rel.translation + np.array([0.0, 0.3, 0.0]))
     assert np.median(sampson_px(x1, x2, off, 500.0)) > 5.0
+    # a model that collapsed both centres onto one: judged by the rotation alone, and this pair
+    # has parallax (a 0.5 m baseline at 3-6 m)
+    collapsed = Rigid3(rel.rotation, np.zeros(3))
+    assert np.median(sampson_px(x1, x2, collapsed, 500.0)) > 20.0
+    rotated_only = collapsed.transform(X)
+    x2r = rotated_only[:, :2] / rotated_only[:, 2:]
+    assert np.abs(sampson_px(x1, x2r, collapsed, 500.0)).max() < 1e-6
 
 
 def test_pairs_exhaustive_below_the_size_and_loop_candidates_above():
