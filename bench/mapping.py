@@ -6,7 +6,8 @@
   the usual calibrated protocol), aligned to the ground-truth centres by a similarity:
   median / max centre error (metres) and registered images.
 * generated loop (:mod:`bench.mapping_loop`): unposed SfM around a closed 30-image 1536 x 1024
-  loop with exact truth, before / after the loop-robust changes, and ``--sfm global``.
+  loop with exact truth, before / after the loop-robust changes, and ``--sfm global``; the same
+  loop at 384 x 256 (same field of view) where the global mapper goes wrong.
 """
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.machine import machine_info, machine_line
-from bench.mapping_loop import bench_generated_loop, loop_rows, sfm_centre_errors  # noqa: F401 (re-exported)
+from bench.mapping_loop import (  # noqa: F401 (sfm_centre_errors re-exported)
+    SMALL_LOOP_CAMERA,
+    bench_generated_loop,
+    loop_rows,
+    sfm_centre_errors,
+)
 from core.types import VlocError
 from mapping.build import BuildConfig, build_map
 
@@ -72,6 +78,7 @@ def run_mapping_bench(shared: Path, repeats: int = 3, out_json: Path | None = No
         result[name] = bench_strecha(scene, repeats, cfg) if scene.is_dir() else {"skipped": f"{scene} absent"}
     if loop_frames:
         result["generated_loop"] = bench_generated_loop(loop_frames)
+        result["generated_loop_384"] = bench_generated_loop(loop_frames, SMALL_LOOP_CAMERA)
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))
@@ -93,8 +100,9 @@ def markdown_table(result: dict) -> str:
                      f"| | registered | {r['n_registered']}/{r['n_images']} |",
                      f"| | centre error median / max | {r['median_centre_error_m'] * 100:.2f} / "
                      f"{r['max_centre_error_m'] * 100:.2f} cm |"]
-    if "generated_loop" in result:
-        rows += loop_rows(result["generated_loop"])
+    for key in ("generated_loop", "generated_loop_384"):
+        if key in result:
+            rows += loop_rows(result[key])
     m = result["machine"]
     rows.append("\n" + machine_line(m))
     return "\n".join(rows)

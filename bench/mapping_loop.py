@@ -26,6 +26,8 @@ from mapping.loop_check import LoopCheckConfig
 from mapping.reconstruct import images_cam_from_world
 
 LOOP_CAMERA = Camera("PINHOLE", 1536, 1024, (1382.4, 1382.4, 768.0, 512.0))
+#: the same field of view at 384 x 256 (the unit test's loop)
+SMALL_LOOP_CAMERA = Camera("PINHOLE", 384, 256, (345.6, 345.6, 192.0, 128.0))
 #: a loop check that accepts every model (the "before" runs)
 NO_CHECK = LoopCheckConfig(max_pair_epipolar_px=1e9)
 
@@ -62,7 +64,8 @@ def bench_generated_loop(n_frames: int = 30, camera: Camera = LOOP_CAMERA, seed:
                                                                                sfm_method="global")))}
     out: dict = {"data": f"generated loop: generate_scene(seed={seed}), {n_frames} images "
                          f"{camera.width}x{camera.height} f={camera.focals[0]:g} around a closed loop",
-                 "ground_truth": "the generator's poses (centres after one similarity)"}
+                 "ground_truth": "the generator's poses (centres after one similarity)",
+                 "size": f"{camera.width}x{camera.height}"}
     with tempfile.TemporaryDirectory(prefix="vloc-bench-loop-") as tmp:
         t = time.perf_counter()
         gt = write_dataset(generate_scene(seed=seed), Path(tmp) / "images", n_frames, camera=camera)
@@ -85,7 +88,7 @@ def loop_rows(r: dict) -> list[str]:
     rows = []
     for name in ("before", "after", "global_before", "global"):
         x = r.get(name, {})
-        label = f"| generated loop SfM ({name.replace('_', ' ')}) |"
+        label = f"| generated loop {r.get('size', '')} SfM ({name.replace('_', ' ')}) |"
         if "refused" in x:
             rows.append(f"{label} refused | {x['refused'][:160]} |")
         elif x.get("median_centre_error_m") is not None:
