@@ -86,7 +86,7 @@ class LocalizationMap:
     point_quality: per point row, ``track_length``, ``tri_angle_deg``, ``reproj_error_px`` and
     ``covariance`` (P, 3, 3) float32 m^2 world frame (:mod:`mapping.point_quality`): stored in features.h5
     by builds since 2026-12; for older bundles derived from ``model/`` at load (same numbers);
-    None only when neither is there (the pose covariance then has pixel noise alone).
+    None when neither is there (pixel noise alone) and for learned sets (not used for them yet).
     """
 
     path: Path
@@ -142,7 +142,7 @@ class LocalizationMap:
         retrieval = RetrievalIndex.load(base / "retrieval.npz")
         pos = {n: k for k, n in enumerate(table.image_names)}
         rows = np.array([pos.get(n, -1) for n in retrieval.names], np.int64)
-        quality = load_point_quality(base, table.image_names, ids) if point_quality else None
+        quality = load_point_quality(base, table.image_names, ids) if point_quality and not fs.learned else None
         return LocalizationMap(path, manifest, xyz, table.descriptors, obs_point, table.image_offsets,
                                table.image_names, np.asarray(centres), retrieval, rows, feature_set=fs,
                                obs_keypoints=table.keypoints, image_sizes=table.image_sizes,
