@@ -22,7 +22,8 @@ from mapping.config import BuildConfig
 from mapping.extract import extract_all, feature_key
 from mapping.feature_store import FeatureStore, ObservedDescriptors
 from mapping.match import lightglue_features, match_pairs
-from mapping.pairs import pairs_exhaustive, pairs_from_poses, pairs_from_similarity
+from mapping.pairs import pairs_from_poses
+from mapping.pairs_unposed import unposed_pairs
 from mapping.partition_build import PartitionPlan, PartJob, merge_parts, part_jobs, plan_partitions, run_parts
 from mapping.point_quality import of_feature_set
 from mapping.reconstruct import (
@@ -225,10 +226,9 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
     t = time.perf_counter()
     if posed:
         pairs = pairs_from_poses([r.camera for r in records], [r.cam_from_world for r in records], cfg.pairs)
-    elif len(records) <= cfg.exhaustive_max_images:
-        pairs = pairs_exhaustive(len(records))
-    else:
-        pairs = pairs_from_similarity(index.similarity_matrix(), cfg.retrieval_pairs_k, cfg.sequential_window)
+    else:  # exhaustive up to cfg.exhaustive_max_images, else retrieval + sequential + loop candidates
+        pairs = unposed_pairs(len(records), index.similarity_matrix, cfg.exhaustive_max_images,
+                              cfg.retrieval_pairs_k, cfg.sequential_window)
     if not pairs:
         raise VlocError("no overlapping image pairs found (are the poses in metres and do the views overlap?)")
     verified = stages.matches(records, feats, pairs, posed, cfg, reporter, cache, fkeys)

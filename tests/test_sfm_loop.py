@@ -203,3 +203,15 @@ def test_pairs_exhaustive_below_the_size_and_loop_candidates_above():
     assert (5, 35) in pairs and (0, n - 1) in pairs and (n - 2, 0) in [(j, i) for i, j in pairs]
     assert all(i < j for i, j in pairs) and len(pairs) < n * (n - 1) / 2 / 4
     assert all(min(j - i, n - (j - i)) >= 3 for i, j in loop_candidates(sim, 2, 3))
+
+
+def test_above_the_exhaustive_size_the_build_uses_retrieval_and_loop_pairs(loop, tmp_path):
+    """The same loop built as if it were large (exhaustive only up to 10 images): fewer pairs, the
+    loop still closes as accurately."""
+    root, records = loop
+    cfg = replace(BuildConfig(), exhaustive_max_images=10, retrieval_pairs_k=4, sequential_window=2)
+    manifest = build_map(root, [replace(r, cam_from_world=None) for r in records], tmp_path / "map", cfg)
+    s = manifest["statistics"]
+    assert s["n_pairs"] < N_FRAMES * (N_FRAMES - 1) / 2 / 2 and s["n_images"] == N_FRAMES
+    err = centre_errors(pycolmap.Reconstruction(str(tmp_path / "map" / "model")), records)
+    assert np.median(err) <= 0.02 and err.max() <= 0.10, (np.median(err), err.max())
