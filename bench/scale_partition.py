@@ -91,7 +91,7 @@ def summarise(built: dict, truth: dict) -> dict:
     p = s.get("partitions")
     if p:
         out["partitions"] = {k: p[k] for k in ("n_parts", "part_sizes", "part_registered", "part_seconds",
-                                                "alignments", "merge_timings") if k in p}
+                                                "alignments", "merge_timings", "n_points_retriangulated", "rounds_s") if k in p}
         out["partitions_s"], out["merge_s"] = s["timings"].get("partitions_s"), s["timings"].get("merge_s")
     return out
 
