@@ -42,7 +42,7 @@ def build(
                                   "clusters (GPS when present), one Dask task each on a cluster"),
     max_partition_images: Optional[str] = typer.Option(None, "--max-partition-images", metavar="N",
                                                        help="images per partition (default: posed 5000, "
-                                                       "unposed 200)"),
+                                                       "unposed 1000)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest statistics as JSON"),
 ) -> None:
