@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from core.accuracy import aligned_centre_errors
 from core.camera import Camera
-from core.geometry import estimate_sim3
 from core.types import VlocError
 from mapping.build import BuildConfig, build_map
 from mapping.loop_check import LoopCheckConfig
@@ -39,9 +39,7 @@ def sfm_centre_errors(bundle: Path, gt_records) -> dict:
     names = [n for n in est if n in gt]
     if len(names) < 3:
         return {"n_registered": len(names), "median_centre_error_m": None}
-    a = np.array([est[n].centre for n in names])
-    b = np.array([gt[n] for n in names])
-    err = np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)
+    err = aligned_centre_errors({n: est[n].centre for n in names}, gt)
     return {"n_registered": len(names), "n_images": len(gt_records),
             "median_centre_error_m": float(np.median(err)), "max_centre_error_m": float(err.max())}
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.building import in_child
+from core.accuracy import aligned_centre_errors
 
 CAMERA_STR = "PINHOLE 320 240 262.5 262.5 160.0 120.0"
 TARGET_MEDIAN_M, TARGET_RATIO = 0.01, 1.2
@@ -72,16 +73,9 @@ def _build(root: str, out: str, work: str, partition: str, max_images: int) -> d
     return {"build_s": wall, "statistics": stats, "centres": centres}
 
 
-def centre_errors(centres: dict, truth: dict) -> np.ndarray:
-    from core.geometry import estimate_sim3
-    names = sorted(centres)
-    a, b = np.array([centres[n] for n in names]), np.array([truth[n] for n in names])
-    return np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)
-
-
 def summarise(built: dict, truth: dict) -> dict:
     s = built["statistics"]
-    err = centre_errors(built["centres"], truth)
+    err = aligned_centre_errors(built["centres"], truth)
     out = {"build_s": built["build_s"], "reconstruction_s": s["timings"]["reconstruction_s"],
            "features_s": s["timings"]["features_s"], "matching_s": s["timings"]["matching_s"],
            "n_registered": s["n_images"], "n_images": s["n_images_input"], "n_points3D": s["n_points3D"],

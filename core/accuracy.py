@@ -6,11 +6,11 @@ everywhere. Pure functions over numpy arrays.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from core.geometry import Rigid3, pose_error
+from core.geometry import Rigid3, estimate_sim3, pose_error
 
 #: (JSON key, max translation error in metres, max rotation error in degrees).
 THRESHOLDS: tuple[tuple[str, float, float], ...] = (
@@ -63,3 +63,14 @@ def accuracy_metrics(t_err_m: Sequence[float], r_err_deg: Sequence[float],
     for key, tm, rd in THRESHOLDS:
         out[key] = 100.0 * float(np.count_nonzero((t <= tm) & (r <= rd))) / n
     return out
+
+
+def aligned_centre_errors(estimated: Mapping[str, Sequence[float]], truth: Mapping[str, Sequence[float]]
+                          ) -> np.ndarray:
+    """(n,) distances (m) from estimated camera centres (image name -> (3,) world frame, any scale)
+    to the true ones after one similarity (:func:`core.geometry.estimate_sim3`) maps the estimates
+    onto the truth; the n names in both, sorted."""
+    names = sorted(set(estimated) & set(truth))
+    a = np.array([estimated[n] for n in names], np.float64).reshape(-1, 3)
+    b = np.array([truth[n] for n in names], np.float64).reshape(-1, 3)
+    return np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)

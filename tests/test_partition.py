@@ -19,8 +19,9 @@ import pycolmap
 import pytest
 from scipy.spatial.transform import Rotation
 
+from core.accuracy import aligned_centre_errors
 from core.camera import Camera
-from core.geometry import Rigid3, estimate_sim3
+from core.geometry import Rigid3
 from core.imageio import read_image
 from core.types import ImageRecord, VlocError
 from datasets.synthetic import generate_scene, write_dataset
@@ -96,12 +97,8 @@ def loop_pairs(n: int, window: int) -> list[tuple[int, int]]:
 
 def centre_errors(rec: pycolmap.Reconstruction, records: list[ImageRecord]) -> np.ndarray:
     """(registered,) camera-centre errors (m) after one similarity onto the true centres."""
-    est = images_cam_from_world(rec)
-    truth = {r.name: r.cam_from_world.centre for r in records}
-    names = sorted(est)
-    a = np.array([est[n].centre for n in names])
-    b = np.array([truth[n] for n in names])
-    return np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)
+    return aligned_centre_errors({n: T.centre for n, T in images_cam_from_world(rec).items()},
+                                 {r.name: r.cam_from_world.centre for r in records})
 
 
 def shared_observations(rec: pycolmap.Reconstruction) -> int:

@@ -17,8 +17,9 @@ import pycolmap
 import pytest
 from typer.testing import CliRunner
 
+from core.accuracy import aligned_centre_errors
 from core.camera import Camera
-from core.geometry import Rigid3, estimate_sim3
+from core.geometry import Rigid3
 from core.progress import Reporter
 from datasets.synthetic import generate_scene, write_dataset
 from mapping.build import build_map
@@ -85,10 +86,7 @@ def centres(bundle: Path) -> dict[str, np.ndarray]:
 
 def centre_errors(bundle: Path, truth: dict[str, np.ndarray]) -> np.ndarray:
     """(registered,) centre errors (m) after one similarity onto ``truth`` (name -> centre)."""
-    est = centres(bundle)
-    names = sorted(est)
-    a, b = np.array([est[n] for n in names]), np.array([truth[n] for n in names])
-    return np.linalg.norm(estimate_sim3(a, b).transform(a) - b, axis=1)
+    return aligned_centre_errors(centres(bundle), truth)
 
 
 def duplicate_observations(bundle: Path) -> int:
