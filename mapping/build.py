@@ -24,13 +24,22 @@ from mapping.feature_store import FeatureStore, ObservedDescriptors
 from mapping.match import lightglue_features, match_pairs
 from mapping.pairs import pairs_from_poses
 from mapping.pairs_unposed import unposed_pairs
-from mapping.partition_build import PartitionPlan, PartJob, merge_parts, part_jobs, plan_partitions, run_parts
+from mapping.partition_build import (
+    PartitionPlan,
+    PartJob,
+    merge_parts,
+    part_jobs,
+    plan_partitions,
+    run_parts,
+    whole_tile,
+)
 from mapping.point_quality import of_feature_set
+from mapping.point_table import PointTable, compact_from_table
 from mapping.reconstruct import (
     filter_points,
     observation_errors,
+    points_xyz,
     structure_from_motion,
-    triangulate_known_poses,
 )
 from mapping.retrieval_index import build_retrieval_index
 from mapping.stage_cache import StageCache
@@ -244,24 +253,29 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
     with tempfile.TemporaryDirectory(prefix="vloc-build-") as work, ThreadPoolExecutor(1) as side:
         sfm_used = None
         pending_index = side.submit(build_index) if posed else None
-        if plan is not None:
-            rec, part_stats = reconstruct_parts(plan, records, keypoints, verified, cfg, Path(work), reporter, cache,
-                                                fkeys, stages)
+        if plan is not None or posed:  # a posed map is one tile when not partitioned: a task like the tiles
+            rec, part_stats = reconstruct_parts(plan or whole_tile(records, verified), records, keypoints, verified,
+                                                cfg, Path(work), reporter, cache, fkeys, stages, images_root)
             timings["partitions_s"], timings["merge_s"] = part_stats.pop("parts_s"), part_stats["merge_s"]
-        elif posed:
-            rec = triangulate_known_poses(records, keypoints, verified, Path(work), cfg.reconstruction)
+            filtered_in_parts = int(part_stats.get("n_points_filtered", 0))
+            if plan is None:
+                part_stats = None
         else:
             rec, sfm_used = structure_from_motion(records, keypoints, verified, Path(work), cfg.reconstruction)
         if pending_index is not None:
             index = pending_index.result()
-    removed = filter_points(rec, cfg.reconstruction)
-    if rec.num_points3D() == 0:
-        raise VlocError("every triangulated point failed the track-length / reprojection filter")
-    rec.extract_colors_for_all_images(str(images_root))
+    if isinstance(rec, PointTable):  # posed tiles: filtered and coloured where they were triangulated
+        removed = filtered_in_parts
+    else:
+        removed = filter_points(rec, cfg.reconstruction)
+        if rec.num_points3D() == 0:
+            raise VlocError("every triangulated point failed the track-length / reprojection filter")
+        rec.extract_colors_for_all_images(str(images_root))
     timings["reconstruction_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    compact, names, kps, pids, rows = compact_model(rec, records, feats)
+    compact, names, kps, pids, rows = (compact_from_table(rec, records, feats.keypoints) if isinstance(rec, PointTable)
+                                       else compact_model(rec, records, feats))
     descs = ObservedDescriptors(feats, rows)
     if not feats.streams:  # held in memory anyway: keep only the observing rows, as before
         descs = list(descs)
@@ -293,16 +307,18 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
 
 def reconstruct_parts(plan: PartitionPlan, records: list[ImageRecord], keypoints: Sequence,
                       verified: Mapping[tuple[int, int], VerifiedPair], cfg: BuildConfig, work: Path,
-                      reporter: Reporter, cache: StageCache | None, fkeys: list[str] | None, stages: BuildStages
-                      ) -> tuple[pycolmap.Reconstruction, dict]:
+                      reporter: Reporter, cache: StageCache | None, fkeys: list[str] | None, stages: BuildStages,
+                      images_root: Path | None = None) -> tuple[pycolmap.Reconstruction | PointTable, dict]:
     """Partitioned reconstruction (:mod:`mapping.partition_build`): each part through ``stages``
-    (threads here, or one Dask task per part), its model in the work directory when there is one
-    (a rerun resumes), then merged here. Returns the model and ``statistics.partitions``."""
+    (threads here, or one Dask task per part), its output in the work directory when there is one
+    (a rerun resumes), then merged here. Returns the merged model (unposed clusters) or point table
+    (posed tiles, coloured from ``images_root``) and ``statistics.partitions``."""
     t = time.perf_counter()
     parallel = not isinstance(stages, InProcessStages) or min(cfg.workers, len(plan.parts)) > 1
-    jobs = part_jobs(plan, records, cfg, work / "parts", verified, cache, fkeys, parallel)
-    reporter.log(f"partitioned reconstruction: {len(jobs)} {plan.kind} of at most {plan.max_images} images "
-                 f"(+ overlap) from {len(records)} images")
+    jobs = part_jobs(plan, records, cfg, work / "parts", verified, cache, fkeys, parallel, images_root)
+    if len(jobs) > 1:
+        reporter.log(f"partitioned reconstruction: {len(jobs)} {plan.kind} of at most {plan.max_images} images "
+                     f"(+ overlap) from {len(records)} images")
     summaries = stages.parts(jobs, cfg, reporter, keypoints, verified)
     parts_s = time.perf_counter() - t
     rec, stats = merge_parts(plan, jobs, summaries, records, keypoints, verified, work, cfg)
@@ -315,8 +331,7 @@ def write_set(folder: Path, s: FeatureSetModel, with_keypoints: bool) -> None:
     observation's keypoint and the image sizes (learned sets, for LightGlue at query time)."""
     (folder / "model").mkdir(parents=True)
     s.model.write_binary(str(folder / "model"))
-    point_ids = np.array(list(s.model.points3D.keys()), np.int64)
-    point_xyz = np.array([s.model.points3D[int(i)].xyz for i in point_ids]).reshape(-1, 3)
+    point_ids, point_xyz = points_xyz(s.model)
     centres = np.array([Rigid3.from_pycolmap(s.model.find_image_with_name(n).cam_from_world()).centre
                         for n in s.names]).reshape(-1, 3)
     bundle_io.write_features_h5(folder / "features.h5", s.names, s.descriptors, s.point3d_ids, point_ids, point_xyz,

@@ -14,11 +14,12 @@ from vision.matching import MatchConfig
 from vision.retrieval import RetrievalConfig
 
 PARTITION_MODES = ("auto", "off", "on")
-#: default images per partition of posed maps (``partition: auto`` tiles larger maps). Measured
-#: (`vloc bench mapping-scale`, loaded 2-core machine): the whole triangulation of 1,000 / 2,000 posed
-#: images took 46 / 63 s on the client, small beside extraction (400-700 s); tiles still merge on the
-#: client, so posed maps are tiled only beyond the ~5,000 images one process was known to build.
-POSED_PARTITION_IMAGES = 5000
+#: default images per partition of posed maps (``partition: auto`` tiles larger maps). Memory sets
+#: it: triangulating 1,000 posed images of the generated building (1,500 SIFT keypoints each) in one
+#: process grew it by ~1.2 GB (COLMAP's database cache and correspondence graph), so a tile of 1,000
+#: (+ overlap) keeps a worker within ~1.5 GB, under the 3 GB per worker the map-scale targets allow;
+#: tiles are triangulated where they run and only their points are merged (a point table).
+POSED_PARTITION_IMAGES = 1000
 #: default images per view-graph cluster of unposed maps (larger maps are split). Measured
 #: (bench.scale_partition, unposed 200-image loop, 6 clusters of 31-47 images + overlap, in process on
 #: 2 shared cores): one SfM 661 / 260 s, partitioned 638 / 536 s in two runs, same accuracy (1.40 vs

@@ -38,9 +38,10 @@ from mapping.config import BuildConfig
 from mapping.feature_store import ImageKeypoints, load_feature_arrays
 from mapping.match import load_matches
 from mapping.partition import assign_pairs, partition_balanced, partition_view_graph, view_graph
-from mapping.partition_merge import PartInputs, merge_posed, triangulate_tile
+from mapping.partition_merge import PartInputs, merge_tile_tables, triangulate_tile
 from mapping.partition_sfm import align_models, merge_aligned, reconstruct_cluster
-from mapping.reconstruct import ReconstructionConfig
+from mapping.point_table import PointTable
+from mapping.reconstruct import ReconstructionConfig, filter_points
 from mapping.stage_cache import StageCache, content_key
 from vision.matching import VerifiedPair
 
@@ -78,6 +79,14 @@ class PartJob:
     cache_root: str | None = None
     feature_keys: list[str] | None = None
     match_keys: list[str] | None = None
+    #: where the images are (a tile colours its points from them); None: no colours.
+    images_root: str | None = None
+
+    @property
+    def output(self) -> Path:
+        """What the part leaves in its folder: a tile's :class:`PointTable` (``points.npz``), a
+        cluster's model (``model/``)."""
+        return Path(self.folder) / ("points.npz" if self.kind == "tiles" else "model")
 
 
 def gps_positions(records: Sequence[ImageRecord]) -> np.ndarray | None:
@@ -117,6 +126,12 @@ def plan_partitions(records: Sequence[ImageRecord], verified: Mapping[tuple[int,
                          limit)
 
 
+def whole_tile(records: Sequence[ImageRecord], verified: Mapping[tuple[int, int], VerifiedPair]) -> PartitionPlan:
+    """A posed map as one tile: every image and every verified pair (the map reconstructed whole, as
+    a part: on a worker of a cluster build, leaving a point table like the tiles do)."""
+    return PartitionPlan("tiles", [np.arange(len(records))], [sorted(verified)], len(records))
+
+
 def _view_graph_clusters(records: Sequence[ImageRecord], matches: dict[tuple[int, int], int], limit: int,
                          pcfg) -> list[np.ndarray]:
     """Clusters of the largest connected part of the view graph (one SfM keeps only its largest
@@ -134,11 +149,12 @@ def _view_graph_clusters(records: Sequence[ImageRecord], matches: dict[tuple[int
 
 def part_jobs(plan: PartitionPlan, records: Sequence[ImageRecord], cfg: BuildConfig, folder_root: Path,
               verified: Mapping[tuple[int, int], VerifiedPair], cache: StageCache | None,
-              feature_keys: list[str] | None, parallel: bool) -> list[PartJob]:
+              feature_keys: list[str] | None, parallel: bool, images_root: Path | None = None) -> list[PartJob]:
     """One :class:`PartJob` per part. With a ``cache`` (the work directory) each job reads its
     inputs from there and its folder is named by a key of everything that determines its model
     (a rerun finds it); ``verified`` must then be a :class:`mapping.match.MatchStore`.
-    ``parallel``: parts run side by side (one solver thread each)."""
+    ``parallel``: parts run side by side (one solver thread each). ``images_root``: tiles colour
+    their points from the images there."""
     rcfg = replace(cfg.reconstruction, num_threads=1) if parallel else cfg.reconstruction
     if plan.kind == "clusters":
         rcfg = replace(rcfg, sfm_method="incremental")
@@ -149,27 +165,31 @@ def part_jobs(plan: PartitionPlan, records: Sequence[ImageRecord], cfg: BuildCon
             recs = [replace(r, cam_from_world=None) for r in recs]
         label = f"{plan.kind[:-1]} {k}"
         if cache is None:
-            jobs.append(PartJob(plan.kind, label, index, recs, pairs, str(Path(folder_root) / f"part{k:03d}"), rcfg))
+            jobs.append(PartJob(plan.kind, label, index, recs, pairs, str(Path(folder_root) / f"part{k:03d}"), rcfg,
+                                images_root=None if images_root is None else str(images_root)))
             continue
         fkeys = [feature_keys[int(g)] for g in index]
         mkeys = [verified.keys[p] for p in pairs]  # type: ignore[attr-defined]
         poses = [None if r.cam_from_world is None else r.cam_from_world.matrix3x4().tolist() for r in recs]
-        key = content_key("partition", plan.kind, fkeys, poses, mkeys, asdict(rcfg))
+        key = content_key("partition-v2", plan.kind, fkeys, poses, mkeys, asdict(rcfg), images_root is not None)
         jobs.append(PartJob(plan.kind, label, index, recs, pairs, str(cache.root / "partitions" /
                                                                       f"{plan.kind}-{key[:32]}"), rcfg,
-                            str(cache.root), fkeys, mkeys))
+                            str(cache.root), fkeys, mkeys, None if images_root is None else str(images_root)))
     return jobs
 
 
 def run_part(job: PartJob, keypoints: Sequence | None = None,
              verified: Mapping[tuple[int, int], VerifiedPair] | None = None) -> dict:
-    """Reconstruct one part into ``job.folder`` (``model/`` and ``summary.json``); its summary.
-    Inputs from the work directory (``job.cache_root``) or, without one, ``keypoints`` (by global
-    image index: objects with ``.keypoints``) and ``verified`` (global pairs). A finished part is
-    read back, not run again. An unposed cluster that registers nothing raises VlocError."""
+    """Reconstruct one part into ``job.folder`` (:attr:`PartJob.output` and ``summary.json``); its
+    summary. A tile is triangulated, filtered (:func:`mapping.reconstruct.filter_points`) and
+    coloured here, and leaves its points as a :class:`PointTable` of global image indices; a cluster
+    leaves its model. Inputs from the work directory (``job.cache_root``) or, without one,
+    ``keypoints`` (by global image index: objects with ``.keypoints``) and ``verified`` (global
+    pairs). A finished part is read back, not run again. An unposed cluster that registers nothing
+    raises VlocError."""
     folder = Path(job.folder)
     done = folder / "summary.json"
-    if done.is_file() and (folder / "model").is_dir() == json.loads(done.read_text())["model"]:
+    if done.is_file() and job.output.exists() == json.loads(done.read_text())["model"]:
         return {**json.loads(done.read_text()), "resumed": True}
     t = time.perf_counter()
     local = {int(g): k for k, g in enumerate(job.index)}
@@ -193,17 +213,24 @@ def run_part(job: PartJob, keypoints: Sequence | None = None,
     scratch = folder / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir()
     try:
+        filtered = 0
         if job.kind == "tiles":
             model = triangulate_tile(part, scratch, job.cfg)
+            if model is not None:
+                filtered = filter_points(model, job.cfg)
+                if job.images_root is not None:
+                    model.extract_colors_for_all_images(job.images_root)
+                PointTable.of_model(model, {r.name: int(g) for r, g in zip(job.records, job.index)}).save(
+                    scratch / "points.npz")
         else:
             model = reconstruct_cluster(part, scratch, job.cfg, label=job.label)
         if model is not None:
-            shutil.rmtree(folder / "model", ignore_errors=True)
-            os.replace(scratch / "model", folder / "model")
+            shutil.rmtree(job.output, ignore_errors=True)
+            os.replace(scratch / job.output.name, job.output)
         summary = {"label": job.label, "n_images": len(job.index), "n_pairs": len(job.pairs),
                    "n_registered": 0 if model is None else model.num_reg_images(),
-                   "n_points3D": 0 if model is None else model.num_points3D(), "model": model is not None,
-                   "seconds": time.perf_counter() - t}
+                   "n_points3D": 0 if model is None else model.num_points3D(), "n_points_filtered": filtered,
+                   "model": model is not None, "seconds": time.perf_counter() - t}
         tmp = folder / f".summary-{uuid.uuid4().hex[:8]}.json"
         tmp.write_text(json.dumps(summary))
         os.replace(tmp, done)
@@ -213,26 +240,27 @@ def run_part(job: PartJob, keypoints: Sequence | None = None,
 
 
 def load_part_model(job: PartJob) -> pycolmap.Reconstruction | None:
-    """The model :func:`run_part` wrote for ``job`` (None: a tile without points)."""
-    model = Path(job.folder) / "model"
-    return pycolmap.Reconstruction(str(model)) if model.is_dir() else None
+    """The model :func:`run_part` wrote for cluster ``job`` (None: none was made)."""
+    return pycolmap.Reconstruction(str(job.output)) if job.output.is_dir() else None
 
 
 def merge_parts(plan: PartitionPlan, jobs: list[PartJob], summaries: list[dict], records: list[ImageRecord],
                 keypoints: Sequence, verified: Mapping[tuple[int, int], VerifiedPair], workdir: Path,
-                cfg: BuildConfig) -> tuple[pycolmap.Reconstruction, dict]:
-    """One model from the parts' models (read from their folders): posed tiles merged without
-    duplicate points (poses held), unposed clusters aligned onto the largest, merged and adjusted.
-    Returns it and the report recorded as ``statistics.partitions``."""
+                cfg: BuildConfig) -> tuple[pycolmap.Reconstruction | PointTable, dict]:
+    """One map from the parts' outputs (read from their folders): posed tiles' point tables merged
+    without duplicate points (poses held; :func:`mapping.partition_merge.merge_tile_tables`: a
+    :class:`PointTable`, never a model of the whole map), unposed clusters aligned onto the largest,
+    merged and adjusted (a model). Returns it and the report recorded as ``statistics.partitions``."""
     t = time.perf_counter()
-    models = [load_part_model(j) for j in jobs]
     if plan.kind == "tiles":
-        merged, stats = merge_posed([m for m in models if m is not None], records, keypoints, cfg.reconstruction)
-        if merged.num_points3D() == 0:
+        tables = [PointTable.load(j.output) for j in jobs if j.output.is_file()]
+        merged, stats = merge_tile_tables(tables, records, keypoints, cfg.reconstruction)
+        if merged.n_points == 0:
             raise VlocError("the merged tiles hold no 3D points: the images share too few verified matches")
+        stats["n_points_filtered"] += int(sum(s.get("n_points_filtered", 0) for s in summaries))
         alignments = None
     else:
-        found = [m for m in models if m is not None]
+        found = [m for m in (load_part_model(j) for j in jobs) if m is not None]
         if not found:
             raise VlocError("no cluster of the view graph was reconstructed")
         alignments = align_models(found, cfg.partitioning)

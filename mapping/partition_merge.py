@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from core.geometry import Rigid3
 from core.types import ImageRecord, VlocError
 from mapping.partition import PartitionConfig, assign_pairs, partition_posed
+from mapping.point_table import PointTable
 from mapping.reconstruct import (
     ReconstructionConfig,
     filter_points,
@@ -63,30 +64,6 @@ def part_inputs(index: np.ndarray, records: list[ImageRecord], features: list[Fe
 
 # ---- track merging ----------------------------------------------------------------------------
 
-def model_observations(model: pycolmap.Reconstruction) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray,
-                                                               np.ndarray, np.ndarray]:
-    """Every observation of a model's 3D points.
-
-    Returns (point ids (M,) int64, image names (one per registered image), image (M,) int64 into
-    those names, keypoint (M,) int64, xyz (P, 3) and colours (P, 3) uint8 of the point ids in
-    order of ``np.unique(point ids)``).
-    """
-    names = [model.image(i).name for i in sorted(model.reg_image_ids())]
-    row_of = {model.find_image_with_name(n).image_id: k for k, n in enumerate(names)}
-    pid, img, kp = [], [], []
-    xyz, rgb = [], []
-    for p_id in sorted(model.point3D_ids()):
-        p = model.points3D[p_id]
-        els = p.track.elements
-        pid.extend([p_id] * len(els))
-        img.extend(row_of[e.image_id] for e in els)
-        kp.extend(e.point2D_idx for e in els)
-        xyz.append(p.xyz)
-        rgb.append(p.color)
-    return (np.asarray(pid, np.int64), names, np.asarray(img, np.int64), np.asarray(kp, np.int64),
-            np.asarray(xyz, np.float64).reshape(-1, 3), np.asarray(rgb, np.uint8).reshape(-1, 3))
-
-
 def reprojection_errors_at(model: pycolmap.Reconstruction, image_ids: np.ndarray, xyz: np.ndarray,
                            uv: np.ndarray) -> np.ndarray:
     """(M,) pixel errors of world points (M, 3) seen at pixels (M, 2) in registered images
@@ -108,31 +85,47 @@ def merge_tracks(models: list[pycolmap.Reconstruction], base: pycolmap.Reconstru
 
     base: a model holding every image the points observe (matched by name), registered at the
     poses the merged model keeps, with the full keypoint lists as 2D points, and no 3D points.
-    Points of different models that share an observation (image, keypoint) are one track
-    (union-find over shared observations, transitively). Each track keeps the position of the
-    candidate point that reprojects within ``max_reproj_error_px`` into most of the track's
-    observations under base's poses (then: smallest mean error); observations beyond that error
-    are dropped, and an image seen twice in a track (two keypoints) keeps its closer keypoint.
-    Tracks left with fewer than 2 images are dropped. Returns counts.
+    Tracks are unified as :func:`unify_tracks` says, errors measured under base's poses.
+    Returns counts.
     """
     gid_of = {im.name: iid for iid, im in base.images.items() if im.has_pose}
-    node_xyz, node_rgb, obs_node, obs_img, obs_kp = [], [], [], [], []
-    n_nodes = 0
+    tables = []
     for model in models:
-        pid, names, img, kp, xyz, rgb = model_observations(model)
-        gids = np.array([gid_of.get(n, -1) for n in names], np.int64)
-        uniq, node = np.unique(pid, return_inverse=True)
-        keep = gids[img] >= 0
-        obs_node.append(node[keep] + n_nodes)
-        obs_img.append(gids[img[keep]])
-        obs_kp.append(kp[keep])
-        node_xyz.append(xyz)
-        node_rgb.append(rgb)
-        n_nodes += len(uniq)
-    if n_nodes == 0 or not sum(len(a) for a in obs_node):
-        return {"n_points_in": 0, "n_points": 0, "n_tracks_unified": 0, "n_observations_dropped": 0}
-    o_node, o_img, o_kp = (np.concatenate(a) for a in (obs_node, obs_img, obs_kp))
-    xyz, rgb = np.concatenate(node_xyz), np.concatenate(node_rgb)
+        t = PointTable.of_model(model, {im.name: gid_of.get(im.name, -1) for im in model.images.values()})
+        keep = t.obs_image >= 0
+        tables.append(PointTable(t.xyz, t.rgb, t.obs_point[keep], t.obs_image[keep], t.obs_kp[keep]))
+    table = PointTable.concat(tables)
+
+    def errors(img: np.ndarray, kp: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+        uv = np.zeros((len(img), 2))
+        for iid in np.unique(img):
+            sel = np.flatnonzero(img == iid)
+            uv[sel] = np.asarray([base.image(int(iid)).points2D[int(k)].xy for k in kp[sel]])
+        return reprojection_errors_at(base, img, xyz, uv)
+
+    merged, stats = unify_tracks(table, errors, max_reproj_error_px)
+    add_table(base, merged, local=np.arange(max(gid_of.values(), default=0) + 1))  # ids are base's already
+    return stats
+
+
+def unify_tracks(table: PointTable, errors, max_reproj_error_px: float) -> tuple[PointTable, dict]:
+    """One track per set of points that share an observation (image, keypoint).
+
+    table: candidate points of several models in one world frame (a point may appear once per
+    model). Points that share an observation are one track (union-find over shared observations,
+    transitively). Each track keeps the position of the candidate point that reprojects within
+    ``max_reproj_error_px`` into most of the track's observations (then: smallest mean error);
+    observations beyond that error are dropped, and an image seen twice in a track (two keypoints)
+    keeps its closer keypoint. Tracks left with fewer than 2 images are dropped.
+    errors(image (K,), keypoint (K,), xyz (K, 3)) -> (K,) pixel errors (inf behind the camera).
+    Returns the tracks (points in order of their group) and counts.
+    """
+    n_nodes = table.n_points
+    o_node, o_img, o_kp = table.obs_point, table.obs_image, table.obs_kp
+    if n_nodes == 0 or not len(o_node):
+        return PointTable.empty(), {"n_points_in": int(n_nodes), "n_points": 0, "n_tracks_unified": 0,
+                                    "n_observations_dropped": 0}
+    xyz, rgb = table.xyz, table.rgb
     # union-find over shared observations: connected components of the node-observation graph
     obs_key, o_key = np.unique(o_img * (int(o_kp.max()) + 1) + o_kp, return_inverse=True)
     n_all = n_nodes + len(obs_key)
@@ -150,11 +143,7 @@ def merge_tracks(models: list[pycolmap.Reconstruction], base: pycolmap.Reconstru
     reps = u_count[group]
     cand = np.repeat(np.arange(n_nodes), reps)
     obs = u_start[group[cand]] + np.arange(len(cand)) - np.repeat(np.cumsum(reps) - reps, reps)
-    uv = np.zeros((len(u_img), 2))
-    for iid in np.unique(u_img):
-        sel = np.flatnonzero(u_img == iid)
-        uv[sel] = np.asarray([base.image(int(iid)).points2D[int(k)].xy for k in u_kp[sel]])
-    err = reprojection_errors_at(base, u_img[obs], xyz[cand], uv[obs])
+    err = errors(u_img[obs], u_kp[obs], xyz[cand])
     ok = err <= max_reproj_error_px
     # best candidate per track: most observations within the threshold, then smallest mean error
     n_ok = np.bincount(cand, weights=ok, minlength=n_nodes)
@@ -167,22 +156,19 @@ def merge_tracks(models: list[pycolmap.Reconstruction], base: pycolmap.Reconstru
     # an image twice in a track: keep its keypoint with the smaller error
     sel = sel[np.lexsort((err[sel], u_img[obs[sel]], group[cand[sel]]))]
     g_s, i_s = group[cand[sel]], u_img[obs[sel]]
-    sel = sel[np.r_[True, (g_s[1:] != g_s[:-1]) | (i_s[1:] != i_s[:-1])]]
+    sel = sel[np.r_[True, (g_s[1:] != g_s[:-1]) | (i_s[1:] != i_s[:-1])]] if len(sel) else sel
     g_s = group[cand[sel]]
-    bounds = np.r_[0, np.flatnonzero(g_s[1:] != g_s[:-1]) + 1, len(sel)]
-    n_added = 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a < 2:
-            continue
-        c = cand[sel[a]]
-        track = pycolmap.Track()
-        track.add_elements([pycolmap.TrackElement(int(i), int(k))
-                            for i, k in zip(u_img[obs[sel[a:b]]], u_kp[obs[sel[a:b]]])])
-        base.add_point3D(xyz[c], track, rgb[c])
-        n_added += 1
-    return {"n_points_in": int(n_nodes), "n_points": n_added,
-            "n_tracks_unified": int(np.sum(np.bincount(group) > 1)),
-            "n_observations_dropped": int(len(u_img) - len(sel))}
+    bounds = np.r_[0, np.flatnonzero(g_s[1:] != g_s[:-1]) + 1, len(sel)] if len(sel) else np.zeros(1, np.int64)
+    size = np.diff(bounds)
+    kept = np.flatnonzero(size >= 2)
+    nodes = cand[sel[bounds[:-1][kept]]]
+    track_of = np.repeat(np.arange(len(kept)), size[kept])
+    obs_sel = np.concatenate([sel[bounds[k]:bounds[k + 1]] for k in kept]) if len(kept) else np.zeros(0, np.int64)
+    out = PointTable(xyz[nodes].reshape(-1, 3), rgb[nodes].reshape(-1, 3), track_of,
+                     u_img[obs[obs_sel]], u_kp[obs[obs_sel]])
+    return out, {"n_points_in": int(n_nodes), "n_points": int(len(kept)),
+                 "n_tracks_unified": int(np.sum(np.bincount(group) > 1)),
+                 "n_observations_dropped": int(len(u_img) - len(sel))}
 
 
 def bundle_adjust(rec: pycolmap.Reconstruction, refine_poses: bool, robust: bool = True) -> dict:
@@ -213,23 +199,85 @@ def bundle_adjust(rec: pycolmap.Reconstruction, refine_poses: bool, robust: bool
 
 # ---- posed maps --------------------------------------------------------------------------------
 
-def merge_posed(models: list[pycolmap.Reconstruction], records: list[ImageRecord], features: list[Features],
-                cfg: ReconstructionConfig) -> tuple[pycolmap.Reconstruction, dict]:
-    """One model from tiles triangulated with the same fixed ``cam_from_world`` of ``records``:
-    tracks unified (:func:`merge_tracks`, within ``cfg.max_reproj_error_px``), points refined by a
-    bundle adjustment with the poses held, then :func:`mapping.reconstruct.filter_points`."""
-    base = posed_reconstruction(records, features)
-    stats = merge_tracks(models, base, cfg.max_reproj_error_px)
-    if base.num_points3D():
-        bundle_adjust(base, refine_poses=False)
-    stats["n_points_filtered"] = filter_points(base, cfg)
-    return base, stats
+def merge_tile_tables(tables: list[PointTable], records: list[ImageRecord], features, cfg: ReconstructionConfig,
+                      chunk_points: int = 20000) -> tuple[PointTable, dict]:
+    """One table from the points of tiles triangulated with the same fixed ``cam_from_world``.
+
+    Only a point observing an image that points of another tile also observe can be a duplicate:
+    those are unified (:func:`unify_tracks`, within ``cfg.max_reproj_error_px`` under the records'
+    poses), refined by a bundle adjustment with the poses held on a model of just the images they
+    observe (``chunk_points`` points at a time), and filtered
+    (:func:`mapping.reconstruct.filter_points`); every other point passes through as its tile made
+    it (refined and filtered there). ``features[i].keypoints``: image i's
+    full keypoints (read only for the images the unified points observe). Memory: the tables, plus
+    the unified points' images.
+    """
+    seen = np.zeros(len(records), np.int64)
+    for t in tables:
+        seen[np.unique(t.obs_image)] += 1
+    shared = seen > 1
+    passing, candidates = [], []
+    for t in tables:
+        touch = np.zeros(t.n_points, bool)
+        touch[t.obs_point[shared[t.obs_image]]] = True
+        passing.append(t.select(~touch))
+        candidates.append(t.select(touch))
+    unified, stats = unify_tracks(PointTable.concat(candidates), record_errors(records, features),
+                                  cfg.max_reproj_error_px)
+    # with the poses held each point is refined on its own: chunks of points give the same result
+    # in bounded memory (a chunk's images, its points, the adjuster's problem)
+    refined, stats["n_points_filtered"] = [], 0
+    for start in range(0, unified.n_points, chunk_points):
+        keep = np.zeros(unified.n_points, bool)
+        keep[start:start + chunk_points] = True
+        part = unified.select(keep)
+        images = np.unique(part.obs_image)
+        sub = posed_reconstruction([records[int(i)] for i in images], [features[int(i)] for i in images])
+        add_table(sub, part, local=np.searchsorted(images, np.arange(len(records))) + 1)
+        bundle_adjust(sub, refine_poses=False)
+        stats["n_points_filtered"] += filter_points(sub, cfg)
+        refined.append(PointTable.of_model(sub, {records[int(i)].name: int(i) for i in images}))
+        del sub
+    out = PointTable.concat(passing + refined)
+    stats.update(n_points_in=int(sum(t.n_points for t in tables)), n_points=out.n_points,
+                 n_points_passed=int(sum(t.n_points for t in passing)), n_shared_images=int(shared.sum()))
+    return out, stats
+
+
+def record_errors(records: list[ImageRecord], features):
+    """errors(image (K,), keypoint (K,), xyz (K, 3)) -> (K,) pixel errors of world points at the
+    records' keypoints under their ``cam_from_world`` (inf behind the camera)."""
+    def errors(img: np.ndarray, kp: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+        err = np.full(len(img), np.inf)
+        for i in np.unique(img):
+            sel = np.flatnonzero(img == i)
+            r = records[int(i)]
+            pc = r.cam_from_world.transform(xyz[sel])
+            front = pc[:, 2] > 1e-9
+            proj = np.asarray(r.camera.to_pycolmap().img_from_cam(pc[front], check_cheirality=False)).reshape(-1, 2)
+            uv = np.asarray(features[int(i)].keypoints, np.float64)[kp[sel[front]]]
+            err[sel[front]] = np.linalg.norm(proj - uv, axis=1)
+        return err
+    return errors
+
+
+def add_table(base: pycolmap.Reconstruction, table: PointTable, local: np.ndarray) -> None:
+    """Add a table's points to ``base``; ``local[i]``: base's image id of global image i."""
+    order = np.argsort(table.obs_point, kind="stable")
+    starts = np.searchsorted(table.obs_point[order], np.arange(table.n_points + 1))
+    for p in range(table.n_points):
+        sel = order[starts[p]:starts[p + 1]]
+        track = pycolmap.Track()
+        track.add_elements([pycolmap.TrackElement(int(local[i]), int(k))
+                            for i, k in zip(table.obs_image[sel], table.obs_kp[sel])])
+        base.add_point3D(table.xyz[p], track, table.rgb[p])
 
 
 def partitioned_triangulation(records: list[ImageRecord], features: list[Features], verified: Pairs, workdir: Path,
                               cfg: ReconstructionConfig, pcfg: PartitionConfig = PartitionConfig(),
                               tiles: list[np.ndarray] | None = None) -> tuple[pycolmap.Reconstruction, dict]:
-    """:func:`mapping.reconstruct.triangulate_known_poses` tile by tile, merged.
+    """:func:`mapping.reconstruct.triangulate_known_poses` tile by tile, merged
+    (:func:`merge_tile_tables`) into a model of every record at its pose.
 
     tiles: image index arrays (default :func:`partition_posed` of the camera centres with
     ``pcfg.tile_m`` / ``pcfg.overlap_m``); every verified pair is placed in a tile
@@ -244,32 +292,35 @@ def partitioned_triangulation(records: list[ImageRecord], features: list[Feature
     parts = [p for p in parts if p.verified]
     run_cfg = per_worker(cfg, pcfg.workers, len(parts))
 
+    def one(k: int) -> PointTable | None:
+        model = triangulate_tile(parts[k], fresh_folder(workdir, f"tile{k:03d}"), run_cfg)
+        if model is None:
+            return None
+        filter_points(model, cfg)
+        return PointTable.of_model(model, {r.name: int(g) for r, g in zip(parts[k].records, parts[k].index)})
+
     with ThreadPoolExecutor(max(1, pcfg.workers)) as ex:
-        found = list(ex.map(lambda k: triangulate_tile(parts[k], fresh_folder(workdir, f"tile{k:03d}"), run_cfg),
-                            range(len(parts))))
-    models = [m for m in found if m is not None]
+        found = list(ex.map(one, range(len(parts))))
     t1 = time.perf_counter()
-    merged, stats = merge_posed(models, records, features, cfg)
-    if merged.num_points3D() == 0:
+    table, stats = merge_tile_tables([t for t in found if t is not None], records, features, cfg)
+    if table.n_points == 0:
         raise VlocError("the merged tiles hold no 3D points: the images share too few verified matches")
+    merged = posed_reconstruction(records, features)
+    add_table(merged, table, local=np.arange(len(records)) + 1)
     stats.update(n_parts=len(parts), part_sizes=[len(p.index) for p in parts],
-                 part_points=[0 if m is None else m.num_points3D() for m in found],
+                 part_points=[0 if t is None else t.n_points for t in found],
                  timings={"parts_s": t1 - t0, "merge_s": time.perf_counter() - t1})
     return merged, stats
 
 
 def triangulate_tile(part: PartInputs, folder: Path, cfg: ReconstructionConfig) -> pycolmap.Reconstruction | None:
     """One tile triangulated with its records' fixed ``cam_from_world``
-    (:func:`mapping.reconstruct.triangulate_known_poses` in ``folder``), written to ``folder/model``
-    (what a Dask task would hand back: Reconstructions do not pickle); None when the tile yields no
-    point (its pairs may still be triangulated in a neighbouring tile)."""
+    (:func:`mapping.reconstruct.triangulate_known_poses`, its COLMAP database in ``folder``); None
+    when the tile yields no point (its pairs may still be triangulated in a neighbouring tile)."""
     try:
-        model = triangulate_known_poses(part.records, part.features, part.verified, Path(folder), cfg)
+        return triangulate_known_poses(part.records, part.features, part.verified, Path(folder), cfg)
     except VlocError:
         return None
-    (Path(folder) / "model").mkdir(exist_ok=True)
-    model.write_binary(str(Path(folder) / "model"))
-    return model
 
 
 def fresh_folder(workdir: Path, name: str) -> Path:

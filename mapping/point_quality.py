@@ -73,36 +73,38 @@ def point_quality(points_id: np.ndarray, points_xyz: np.ndarray, cams_from_world
     ids = np.asarray(points_id, np.int64)
     xyz = np.asarray(points_xyz, np.float64).reshape(-1, 3)
     P = len(ids)
-    row_of = {int(i): r for r, i in enumerate(ids)}
-    obs_row, J_all, err2, rays = [], [], [], []
+    by_id = np.argsort(ids)
+    # per-point sums, image by image (memory: a few arrays of P, and each observation's ray)
+    n, err2_sum = np.zeros(P, np.int64), np.zeros(P)
+    jtj = np.zeros((P, 3, 3))
+    obs_row, rays = [], []
     for pose, cam, kp, pid in zip(cams_from_world, cameras, keypoints, point3d_ids):
         pid = np.asarray(pid, np.int64)
         if len(pid) == 0:
             continue
-        rows = np.fromiter((row_of[int(i)] for i in pid), np.int64, len(pid))
+        rows = by_id[np.searchsorted(ids, pid, sorter=by_id)]
         X = xyz[rows]
         xc = pose.transform(X)
         J = projection_jacobian(cam, xc) @ pose.rotation            # (n, 2, 3) w.r.t. the world point
         r = cam.project(xc) - np.asarray(kp, np.float64).reshape(-1, 2)
         ray = X - pose.centre
-        obs_row.append(rows)
-        J_all.append(J)
-        err2.append(np.nan_to_num(np.sum(r ** 2, axis=1), nan=1e6))
-        rays.append(ray / np.linalg.norm(ray, axis=1, keepdims=True))
+        np.add.at(n, rows, 1)
+        np.add.at(err2_sum, rows, np.nan_to_num(np.sum(r ** 2, axis=1), nan=1e6))
+        np.add.at(jtj, rows, np.einsum("nia,nib->nab", J, J))
+        obs_row.append(rows.astype(np.int32))
+        rays.append((ray / np.linalg.norm(ray, axis=1, keepdims=True)).astype(np.float32))
     if not obs_row:
         z = np.zeros(P)
         return PointQuality(ids, z.astype(np.int32), z.astype(np.float32), z.astype(np.float32),
                             np.tile(np.eye(3) * prior_sigma_m ** 2, (P, 1, 1)))
-    obs_row, J_all = np.concatenate(obs_row), np.concatenate(J_all)
-    err2, rays = np.concatenate(err2), np.concatenate(rays)
-    n = np.bincount(obs_row, minlength=P)
-    rms = np.sqrt(np.bincount(obs_row, err2, minlength=P) / np.maximum(n, 1))
+    rms = np.sqrt(err2_sum / np.maximum(n, 1))
     sigma2 = np.maximum(rms, noise_floor_px) ** 2
-    info = np.zeros((P, 3, 3))
-    np.add.at(info, obs_row, np.einsum("nia,nib->nab", J_all, J_all) / sigma2[obs_row, None, None])
+    # each observation's information J^T J / sigma^2 uses its point's sigma: the sum divides once
+    info = jtj / sigma2[:, None, None]
+    del jtj
     info += np.eye(3) / prior_sigma_m ** 2
-    return PointQuality(ids, n.astype(np.int32), max_ray_angle_deg(obs_row, rays, P), rms.astype(np.float32),
-                        np.linalg.inv(info))
+    angle = max_ray_angle_deg(np.concatenate(obs_row), np.concatenate(rays), P)
+    return PointQuality(ids, n.astype(np.int32), angle, rms.astype(np.float32), np.linalg.inv(info))
 
 
 def max_ray_angle_deg(obs_row: np.ndarray, rays: np.ndarray, n_points: int) -> np.ndarray:
@@ -115,7 +117,7 @@ def max_ray_angle_deg(obs_row: np.ndarray, rays: np.ndarray, n_points: int) -> n
     for length in np.unique(counts[counts >= 2]):
         pts = np.nonzero(counts == length)[0]
         idx = starts[pts][:, None] + np.arange(length)[None, :]
-        U = rays[order[idx]]                                         # (p, length, 3)
+        U = rays[order[idx]].astype(np.float64)                      # (p, length, 3); rays may be float32
         cos = np.einsum("pia,pja->pij", U, U).reshape(len(pts), -1).min(axis=1)
         out[pts] = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     return out

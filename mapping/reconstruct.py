@@ -277,6 +277,16 @@ def reprojection_errors(rec: pycolmap.Reconstruction) -> np.ndarray:
     return observation_errors(rec, names, keypoints, point_ids)
 
 
+def points_xyz(rec: pycolmap.Reconstruction) -> tuple[np.ndarray, np.ndarray]:
+    """(P,) sorted point ids and (P, 3) their world positions, filled in place (no per-point arrays
+    held: a 20,000-image map has millions of points)."""
+    ids = np.sort(np.fromiter(rec.point3D_ids(), np.int64))
+    xyz = np.empty((len(ids), 3))
+    for k, i in enumerate(ids.tolist()):
+        xyz[k] = rec.points3D[i].xyz
+    return ids, xyz
+
+
 def observation_errors(rec: pycolmap.Reconstruction, names: list[str], keypoints: list[np.ndarray],
                        point_ids: list[np.ndarray]) -> np.ndarray:
     """Reprojection errors (pixels) of given observations, vectorised per image.
@@ -285,8 +295,7 @@ def observation_errors(rec: pycolmap.Reconstruction, names: list[str], keypoints
     point3D each keypoint observes (the build passes its arrays; :func:`reprojection_errors`
     gathers them from a model's 2D points).
     """
-    ids_sorted = np.sort(np.fromiter(rec.point3D_ids(), np.int64))
-    xyz = np.array([rec.points3D[int(i)].xyz for i in ids_sorted], np.float64).reshape(-1, 3)
+    ids_sorted, xyz = points_xyz(rec)
     errs = [np.zeros(0)]
     for name, xy, pid in zip(names, keypoints, point_ids):
         im = rec.find_image_with_name(name)

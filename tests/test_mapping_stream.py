@@ -130,6 +130,7 @@ def test_local_cluster_build_reports_each_workers_peak_memory(frames, in_memory,
     assert cluster["worker_peak_rss_bytes"] == max(w["peak_rss_bytes"] for w in workers.values())
     assert cluster["client_peak_rss_bytes"] > 50 * 2**20
     assert cluster["feature_tasks"] >= 2 and cluster["sample_tasks"] >= 1 and cluster["vlad_tasks"] >= 1
+    assert cluster["partition_tasks"] == 1  # the posed map triangulated on a worker, not on the client
     assert sum(w["tasks"] for w in workers.values()) == sum(
-        cluster[k] for k in ("feature_tasks", "match_tasks", "sample_tasks", "vlad_tasks"))
+        cluster[k] for k in ("feature_tasks", "match_tasks", "sample_tasks", "vlad_tasks", "partition_tasks"))
     assert data_files(out) == data_files(in_memory)  # the index as tasks: the same retrieval.npz too

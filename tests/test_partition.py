@@ -246,6 +246,41 @@ def test_posed_tiles_merge_without_duplicate_points(posed, loop):
         assert np.allclose(est[r.name].matrix3x4(), r.cam_from_world.matrix3x4(), atol=1e-9)
 
 
+def test_compact_model_from_a_point_table_equals_the_one_from_the_model(posed, loop, tmp_path):
+    """A posed tile hands back a PointTable (no pycolmap objects); the bundle's compact model built
+    from it is the one :func:`compact_model` builds from the whole model: same images, keypoints,
+    point ids, positions and tracks."""
+    from mapping.build import compact_model
+    from mapping.feature_store import FeatureStore
+    from mapping.point_table import PointTable, compact_from_table
+    records, feats = loop[2], loop[3]
+    whole = posed[0]
+    table = PointTable.of_model(whole, {r.name: k for k, r in enumerate(records)})
+    assert table.n_points == whole.num_points3D() and len(table.obs_point) == sum(
+        p.track.length() for p in whole.points3D.values())
+    a = compact_model(whole, records, FeatureStore.in_memory(feats))
+    b = compact_from_table(table, records, lambda i: feats[i].keypoints)
+    assert a[1] == b[1]                                                       # names
+    for x, y in zip(a[2], b[2]):
+        assert np.array_equal(x, y)                                           # observed keypoints
+    for x, y in zip(a[3], b[3]):
+        assert np.array_equal(x, y)                                           # point ids per observation
+    assert [(i, r.tolist()) for i, r in a[4]] == [(i, r.tolist()) for i, r in b[4]]
+    ma, mb = a[0], b[0]
+    assert sorted(ma.point3D_ids()) == sorted(mb.point3D_ids())
+    for pid in ma.point3D_ids():
+        pa, pb = ma.points3D[pid], mb.points3D[pid]
+        assert np.array_equal(pa.xyz, pb.xyz) and np.array_equal(pa.color, pb.color)
+        assert [(e.image_id, e.point2D_idx) for e in pa.track.elements] == \
+            [(e.image_id, e.point2D_idx) for e in pb.track.elements]
+    # a saved table reads back the same
+    path = tmp_path / "points.npz"
+    table.save(path)
+    back = PointTable.load(path)
+    assert all(np.array_equal(getattr(back, k), getattr(table, k))
+               for k in ("xyz", "rgb", "obs_point", "obs_image", "obs_kp"))
+
+
 def test_posed_merged_points_lie_on_the_true_surfaces(posed, loop):
     scene = loop[0]
     whole, merged = posed[0], posed[1]
