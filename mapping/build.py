@@ -276,6 +276,7 @@ def reconstruct_set(images_root: Path, records: list[ImageRecord], cfg: BuildCon
     t = time.perf_counter()
     compact, names, kps, pids, rows = (compact_from_table(rec, records, feats.keypoints) if isinstance(rec, PointTable)
                                        else compact_model(rec, records, feats))
+    del rec  # the compact model holds the map from here on
     descs = ObservedDescriptors(feats, rows)
     if not feats.streams:  # held in memory anyway: keep only the observing rows, as before
         descs = list(descs)

@@ -100,8 +100,8 @@ def point_quality(points_id: np.ndarray, points_xyz: np.ndarray, cams_from_world
     rms = np.sqrt(err2_sum / np.maximum(n, 1))
     sigma2 = np.maximum(rms, noise_floor_px) ** 2
     # each observation's information J^T J / sigma^2 uses its point's sigma: the sum divides once
-    info = jtj / sigma2[:, None, None]
-    del jtj
+    info = jtj
+    info /= sigma2[:, None, None]
     info += np.eye(3) / prior_sigma_m ** 2
     angle = max_ray_angle_deg(np.concatenate(obs_row), np.concatenate(rays), P)
     return PointQuality(ids, n.astype(np.int32), angle, rms.astype(np.float32), np.linalg.inv(info))
