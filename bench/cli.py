@@ -147,7 +147,8 @@ def mapping_scale(images: str = typer.Option("1000,5000,20000", "--images",
     res = run_mapping_scale_bench(sizes, worker_counts, workdir, json_out, cfg, reporter=Reporter())
     print(markdown_table(res))
     if json_out:
-        print(f"\nJSON: {json_out}")
+        Path(json_out).with_suffix(".md").write_text(markdown_table(res) + "\n")
+        print(f"\nJSON: {json_out} (table: {Path(json_out).with_suffix('.md')})")
 
 
 @app.command("sweep")
