@@ -173,10 +173,13 @@ def estimate_sim3(points_a: np.ndarray, points_b: np.ndarray) -> Sim3:
     return Sim3(float(sim.scale), np.asarray(sim.rotation.matrix()), np.asarray(sim.translation))
 
 
-def estimate_sim3_robust(points_a: np.ndarray, points_b: np.ndarray, max_error: float) -> Sim3:
-    """LO-RANSAC similarity ``b_from_a`` (pycolmap); ``max_error`` in units of frame b."""
+def estimate_sim3_robust(points_a: np.ndarray, points_b: np.ndarray, max_error: float, seed: int = 0) -> Sim3:
+    """LO-RANSAC similarity ``b_from_a`` (pycolmap) of (N, 3) correspondences; ``max_error`` in
+    units of frame b. ``seed`` fixes RANSAC's sampling (pycolmap's own default is random): the same
+    points give the same answer every time."""
     opts = pycolmap.RANSACOptions()
     opts.max_error = float(max_error)
+    opts.random_seed = int(seed)
     ans = pycolmap.estimate_sim3d_robust(np.asarray(points_a, np.float64), np.asarray(points_b, np.float64), opts)
     if ans is None:
         raise ValueError("robust similarity estimation failed")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from core.geometry import Rigid3, Sim3, rotation_angle_deg
+from core.geometry import Rigid3, Sim3, estimate_sim3_robust, rotation_angle_deg
 from core.types import ImageRecord, VlocError
 from mapping.partition import PartitionConfig, partition_view_graph
 from mapping.partition_merge import (
@@ -121,20 +121,6 @@ def _shared_correspondences(src: pycolmap.Reconstruction, tgt: pycolmap.Reconstr
     return xs, xt, float(np.median(depth)) if depth else float("nan")
 
 
-def _sim3_robust(a: np.ndarray, b: np.ndarray, max_error: float) -> Sim3:
-    """LO-RANSAC ``b_from_a`` of (N, 3) correspondences with a fixed seed (pycolmap's default seed
-    is random, :func:`core.geometry.estimate_sim3_robust`): the same clusters align, and a rerun
-    merges, the same way every time."""
-    opts = pycolmap.RANSACOptions()
-    opts.max_error = float(max_error)
-    opts.random_seed = 0
-    ans = pycolmap.estimate_sim3d_robust(np.asarray(a, np.float64), np.asarray(b, np.float64), opts)
-    if ans is None:
-        raise ValueError("robust similarity estimation failed")
-    sim = ans["tgt_from_src"]
-    return Sim3(float(sim.scale), np.asarray(sim.rotation.matrix()), np.asarray(sim.translation))
-
-
 def align_pair(src: pycolmap.Reconstruction, tgt: pycolmap.Reconstruction, pcfg: PartitionConfig,
                label: str = "cluster") -> Alignment:
     """``tgt_from_src`` similarity of two models of overlapping clusters, by LO-RANSAC on the
@@ -156,7 +142,7 @@ def align_pair(src: pycolmap.Reconstruction, tgt: pycolmap.Reconstruction, pcfg:
     a, b = np.r_[cs, xs], np.r_[ct, xt]
     thr = pcfg.align_max_error * depth
     try:
-        sim = _sim3_robust(a, b, thr)
+        sim = estimate_sim3_robust(a, b, thr)
     except ValueError as e:
         raise VlocError(f"{label}: no similarity aligns its {len(names)} shared images and {len(xs)} shared "
                         f"points ({e})") from e
