@@ -92,53 +92,22 @@ def list_images(root: Path) -> list[str]:
 
 
 def compact_model(rec: pycolmap.Reconstruction, records: list[ImageRecord], feats: FeatureStore):
-    """Model with only observing 2D points per registered image, and which feature rows they are.
+    """The bundle's compact model of a whole pycolmap model (an unposed build's SfM result):
+    :func:`mapping.point_table.compact_from_table` of its points, each registered image at the
+    model's ``cam_from_world`` and intrinsics (which SfM estimated or refined).
 
     Returns (compact Reconstruction, names, keypoints, point3D_ids, rows) in image order; rows[k]:
     (feature index in ``feats``, (n,) keypoint rows) of registered image k, whose descriptors are
-    read from ``feats`` only when the bundle is written (:class:`ObservedDescriptors`). Only each
-    image's keypoints are read here.
+    read from ``feats`` only when the bundle is written (:class:`ObservedDescriptors`).
     """
-    out = pycolmap.Reconstruction()
-    for cam_id, cam in rec.cameras.items():
-        out.add_camera_with_trivial_rig(cam)
-    name_to_idx = {r.name: k for k, r in enumerate(records)}
-    names, kps, pids, rows = [], [], [], []
-    obs_image, obs_row = [], []
-    for image_id in sorted(rec.reg_image_ids()):
-        im = rec.image(image_id)
-        idx = np.sort(np.asarray(im.get_observation_point2D_idxs(), np.int64))
-        if len(idx) == 0:
-            continue
-        i = name_to_idx[im.name]
-        points2d = im.points2D
-        new_kp = feats.keypoints(i)[idx].astype(np.float64)   # the model's 2D points are these keypoints
-        ids = np.fromiter((points2d[k].point3D_id for k in idx.tolist()), np.int64, len(idx))
-        new_im = pycolmap.Image(name=im.name, keypoints=new_kp, camera_id=im.camera_id, image_id=image_id)
-        out.add_image_with_trivial_frame(new_im, im.cam_from_world())
-        obs_image.append(np.full(len(ids), image_id, np.int64))
-        obs_row.append(np.arange(len(ids), dtype=np.int64))
-        names.append(im.name)
-        kps.append(new_kp.astype(np.float32))
-        pids.append(ids)
-        rows.append((i, idx))
-    # tracks of the compact model, points in order of first observation
-    all_pid = np.concatenate(pids) if pids else np.zeros(0, np.int64)
-    all_image, all_row = (np.concatenate(obs_image), np.concatenate(obs_row)) if pids else (all_pid, all_pid)
-    order = np.argsort(all_pid, kind="stable")
-    uniq, start = np.unique(all_pid[order], return_index=True)
-    bounds = np.r_[start, len(order)]
-    first_seen = np.argsort(order[start], kind="stable")
-    id_map = {}
-    for u in first_seen.tolist():
-        sel = order[bounds[u]:bounds[u + 1]]
-        p = rec.points3D[int(uniq[u])]
-        track = pycolmap.Track()
-        track.add_elements([pycolmap.TrackElement(int(i), int(r)) for i, r in zip(all_image[sel], all_row[sel])])
-        id_map[int(uniq[u])] = out.add_point3D(p.xyz, track, p.color)
-    pids = [np.array([id_map[int(x)] for x in ids], np.int64) for ids in pids]
-    out.update_point_3d_errors()
-    return out, names, kps, pids, rows
+    index_of = {r.name: k for k, r in enumerate(records)}
+    at_model = list(records)
+    for im in rec.images.values():
+        if im.has_pose:
+            k = index_of[im.name]
+            at_model[k] = replace(records[k], camera=Camera.from_pycolmap(im.camera),
+                                  cam_from_world=Rigid3.from_pycolmap(im.cam_from_world()))
+    return compact_from_table(PointTable.of_model(rec, index_of), at_model, feats.keypoints)
 
 
 def source_checksums(root: Path, records: list[ImageRecord], pose_file: Path | None) -> dict:

@@ -64,17 +64,16 @@ def part_inputs(index: np.ndarray, records: list[ImageRecord], features: list[Fe
 
 # ---- track merging ----------------------------------------------------------------------------
 
-def reprojection_errors_at(model: pycolmap.Reconstruction, image_ids: np.ndarray, xyz: np.ndarray,
-                           uv: np.ndarray) -> np.ndarray:
-    """(M,) pixel errors of world points (M, 3) seen at pixels (M, 2) in registered images
-    (M,) image ids of ``model`` (their ``cam_from_world`` and camera); inf behind a camera."""
-    err = np.full(len(image_ids), np.inf)
-    for iid in np.unique(image_ids):
-        sel = np.flatnonzero(image_ids == iid)
-        im = model.image(int(iid))
-        pc = Rigid3.from_pycolmap(im.cam_from_world()).transform(xyz[sel])
+def reprojection_errors(image: np.ndarray, xyz: np.ndarray, uv: np.ndarray, view) -> np.ndarray:
+    """(M,) pixel errors of world points (M, 3) seen at pixels (M, 2) in images (M,); inf behind
+    a camera. view(i) -> (cam_from_world :class:`Rigid3`, pycolmap.Camera) of image i."""
+    err = np.full(len(image), np.inf)
+    for i in np.unique(image):
+        sel = np.flatnonzero(image == i)
+        cam_from_world, camera = view(int(i))
+        pc = cam_from_world.transform(xyz[sel])
         front = pc[:, 2] > 1e-9
-        proj = np.asarray(im.camera.img_from_cam(pc[front], check_cheirality=False)).reshape(-1, 2)
+        proj = np.asarray(camera.img_from_cam(pc[front], check_cheirality=False)).reshape(-1, 2)
         err[sel[front]] = np.linalg.norm(proj - uv[sel[front]], axis=1)
     return err
 
@@ -101,7 +100,8 @@ def merge_tracks(models: list[pycolmap.Reconstruction], base: pycolmap.Reconstru
         for iid in np.unique(img):
             sel = np.flatnonzero(img == iid)
             uv[sel] = np.asarray([base.image(int(iid)).points2D[int(k)].xy for k in kp[sel]])
-        return reprojection_errors_at(base, img, xyz, uv)
+        return reprojection_errors(img, xyz, uv, lambda i: (Rigid3.from_pycolmap(base.image(i).cam_from_world()),
+                                                            base.image(i).camera))
 
     merged, stats = unify_tracks(table, errors, max_reproj_error_px)
     add_table(base, merged, local=np.arange(max(gid_of.values(), default=0) + 1))  # ids are base's already
@@ -248,16 +248,12 @@ def record_errors(records: list[ImageRecord], features):
     """errors(image (K,), keypoint (K,), xyz (K, 3)) -> (K,) pixel errors of world points at the
     records' keypoints under their ``cam_from_world`` (inf behind the camera)."""
     def errors(img: np.ndarray, kp: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-        err = np.full(len(img), np.inf)
+        uv = np.zeros((len(img), 2))
         for i in np.unique(img):
             sel = np.flatnonzero(img == i)
-            r = records[int(i)]
-            pc = r.cam_from_world.transform(xyz[sel])
-            front = pc[:, 2] > 1e-9
-            proj = np.asarray(r.camera.to_pycolmap().img_from_cam(pc[front], check_cheirality=False)).reshape(-1, 2)
-            uv = np.asarray(features[int(i)].keypoints, np.float64)[kp[sel[front]]]
-            err[sel[front]] = np.linalg.norm(proj - uv, axis=1)
-        return err
+            uv[sel] = np.asarray(features[int(i)].keypoints, np.float64)[kp[sel]]
+        return reprojection_errors(img, xyz, uv, lambda i: (records[i].cam_from_world,
+                                                            records[i].camera.to_pycolmap()))
     return errors
 
 

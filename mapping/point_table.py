@@ -108,7 +108,9 @@ def compact_from_table(table: PointTable, records: Sequence[ImageRecord], keypoi
     (images in order, keypoints in order), track elements in the same order.
     """
     out = pycolmap.Reconstruction()
-    cam_of_image, cams = camera_ids([r.camera for r in records])
+    observing = np.unique(table.obs_image)  # only these need intrinsics (others may have none)
+    cam_ids, cams = camera_ids([records[int(i)].camera for i in observing])
+    cam_of_image = dict(zip(observing.tolist(), cam_ids))
     for cid, cam in cams.items():
         out.add_camera_with_trivial_rig(cam.to_pycolmap(cid))
     order = np.lexsort((table.obs_kp, table.obs_image))
