@@ -124,6 +124,11 @@ class LocalizerConfig:
     #: 83.8 % within 2 cm / 1 deg vs 79.2 % without, accepted poses beyond 15 cm / 5 deg 0 vs 5
     #: (both attempts of every query: 280 vs 258 of 341 poses within 2 cm / 1 deg).
     point_uncertainty: bool = True
+    #: the same for learned feature sets (ALIKED, DISK); off: pycolmap's pose and covariance.
+    #: Chosen on the cv mean with ALIKED + nearest-neighbour 2D-3D (`vloc bench 7scenes --protocol
+    #: cv --features aliked --matcher nn`, redkitchen, 6 folds, 2026-12-04): 83.3 % within 2 cm /
+    #: 1 deg vs 75.8 % off; accepted poses beyond 3 sigma 8-11 % vs 83 %.
+    learned_point_uncertainty: bool = True
     #: query keypoint noise (pixels at the attempt's working resolution; scaled to native pixels).
     #: On the cv folds 0.7 / 1.0 / 1.5 px gave 278 / 280 / 277 of 341 poses within 2 cm / 1 deg.
     query_keypoint_sigma_px: float = 1.0
@@ -162,12 +167,15 @@ class LocalizerConfig:
     #: of 332 true poses and no wrong one. (Without point uncertainty the wrong ones had 1.3-8 cm:
     #: the former 0.10 let 5 of them through.)
     max_position_sigma_m: float = 0.03
-    #: learned feature sets: the bounds above before they were chosen on the SIFT cv folds (not
-    #: measured for learned sets yet; their sigma now includes the points' uncertainty, so the
-    #: former 0.10 m is no looser than it was).
+    #: learned feature sets. The sigma bound is chosen on the ALIKED cv folds (nearest-neighbour
+    #: 2D-3D, with the points' uncertainty, 2026-12-04): true poses (<= 15 cm / 5 deg, 173) reach
+    #: 2.5 cm at the 99th percentile and 2.9 cm at most; the confident wrong ones (one-pass maps,
+    #: 15-86 cm off with 44-199 inliers, which the former 0.10 m accepted: 7 of them) have 2.6-4.9
+    #: cm. 2.5 cm accepts none of them and keeps >= 92 % of the true poses on every fold (2 cm:
+    #: 87 % on one). The inlier bounds split nothing there (the wrong poses have many inliers).
     learned_min_inliers: int = 20
     learned_min_inlier_ratio: float = 0.08
-    learned_max_position_sigma_m: float = 0.10
+    learned_max_position_sigma_m: float = 0.025
     #: largest 1-sigma rotation uncertainty (degrees).
     #: Measured (2026-11-29, redkitchen, 487 accepted queries of held-out splits and the
     #: degradations): true poses (<= 5 cm / 5 deg) reach 1.9 cm / 0.54 deg at most. A map of one

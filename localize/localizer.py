@@ -191,10 +191,11 @@ class Localizer:
         """``mmap_dir``: memory-map the map's descriptors from sidecars there (see LocalizationMap.load)."""
         self.map = bundle if isinstance(bundle, LocalizationMap) else LocalizationMap.load(Path(bundle), mmap_dir,
                                                                                             cfg.features,
-                                                                                            cfg.point_uncertainty)
+                                                                                            cfg.point_uncertainty,
+                                                                                            cfg.learned_point_uncertainty)
         self.cfg = cfg
-        # learned sets: pycolmap's pose and covariance as before (the points' uncertainty is measured on SIFT)
-        self._pose_cfg = replace(cfg, point_uncertainty=False) if self.map.learned else cfg
+        self._pose_cfg = replace(cfg, point_uncertainty=cfg.point_uncertainty and cfg.learned_point_uncertainty) \
+            if self.map.learned else cfg
         #: bytes of this map resident on the device (learned sets on CUDA), for the cache budget
         self.device_bytes = 0
         self.device = torch.device("cpu")

@@ -114,12 +114,13 @@ class LocalizationMap:
 
     @staticmethod
     def load(path: Path, mmap_dir: Path | None = None, features: str | None = None,
-             point_quality: bool = True) -> "LocalizationMap":
+             point_quality: bool = True, learned_point_quality: bool = False) -> "LocalizationMap":
         """Load a bundle's feature set ``features`` (None: its root set; a set it lacks is a
         VlocError naming those it has). With ``mmap_dir``, the observation descriptors are
         memory-mapped from an uncompressed copy there (made once per features.h5 content, see
         :func:`mapped_descriptors`): processes serving the same map share its pages and a load
-        reads no descriptor bytes. ``point_quality=False`` skips the points' uncertainty."""
+        reads no descriptor bytes. ``point_quality=False`` skips the points' uncertainty; learned sets
+        (ALIKED, DISK) load it only with ``learned_point_quality``."""
         path = Path(path)
         manifest = read_manifest(path)
         fs = resolve_feature_set(manifest, features, path)
@@ -142,7 +143,8 @@ class LocalizationMap:
         retrieval = RetrievalIndex.load(base / "retrieval.npz")
         pos = {n: k for k, n in enumerate(table.image_names)}
         rows = np.array([pos.get(n, -1) for n in retrieval.names], np.int64)
-        quality = load_point_quality(base, table.image_names, ids) if point_quality and not fs.learned else None
+        quality = load_point_quality(base, table.image_names, ids) \
+            if point_quality and (learned_point_quality or not fs.learned) else None
         return LocalizationMap(path, manifest, xyz, table.descriptors, obs_point, table.image_offsets,
                                table.image_names, np.asarray(centres), retrieval, rows, feature_set=fs,
                                obs_keypoints=table.keypoints, image_sizes=table.image_sizes,
