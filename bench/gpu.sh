@@ -12,7 +12,9 @@
 #                                 folders are git-ignored (.git/info/exclude) and removed after the run
 #   bench/gpu.sh install          there, call 1 (carry .whl .device/frames): wheels -> /tmp/site,
 #                                 frames -> /tmp/redkitchen
-#   bench/gpu.sh run OUT          there, call 2 (carry .device/weights), while the machine is warm
+#   bench/gpu.sh run OUT          there, call 2 (carry .device/weights), while the machine is warm;
+#                                 STEPS="maps 7scenes serve lightglue cv" (default all) picks steps;
+#                                 the results come back as OUT/results.tgz
 #
 # DEVICE=cpu SMOKE=1 bench/gpu.sh run OUT runs the same steps small on a CPU machine (a check of the
 # script, not a measurement).
@@ -57,8 +59,11 @@ install)
 torch.__version__, 'cuda', torch.cuda.is_available(), 'pycolmap', pycolmap.__version__, 'kornia', kornia.__version__)"
   ;;
 run)
-  OUT=${2:?usage: bench/gpu.sh run OUT}
+  FINAL=${2:?usage: bench/gpu.sh run OUT}
+  OUT="$FINAL/r"  # everything lands here and travels back as one archive (the device returns <= 8 files)
   mkdir -p "$OUT"
+  STEPS=${STEPS:-maps 7scenes serve lightglue cv}
+  want() { [[ " $STEPS " == *" $1 "* ]]; }
   [ -d .device/weights ] && { rm -rf "$WEIGHTS"; cp -r .device/weights "$WEIGHTS"; }
   export PYTHONPATH="$SITE:$PWD" VLOC_WEIGHTS_DIR="$WEIGHTS" PYTHONUNBUFFERED=1 NO_PROXY='*'
   DEVICE=${DEVICE:-cuda}
@@ -75,7 +80,9 @@ run)
       n = substr($1, RSTART + 6, RLENGTH - 6) + 0; if (n % every == 0) print }' \
     "$FRAMES/pgt_sfm_seq01.txt" > /tmp/pgt100.txt
   log "map images: $(wc -l < /tmp/pgt100.txt)"
+  want maps || every=0
   for f in aliked aliked sift; do  # ALIKED twice: the first pays CUDA / cuDNN start-up
+    [ "$every" = 0 ] && break
     log "map build $f"
     timeout 300 $PY map build --images "$FRAMES" --poses /tmp/pgt100.txt --poses-format pgt --features $f \
       --device "$DEVICE" --out "/tmp/map100_$f" --json -q >> "$OUT/map_build_100.jsonl" \
@@ -83,12 +90,14 @@ run)
   done
   # 2. localization: revisit / dense x pgt_sfm / pgt_dslam + degradations, ALIKED (NN 2D-3D, LightGlue)
   for m in nn; do
+    want 7scenes || break
     log "bench 7scenes aliked $m"
     timeout 420 $PY bench 7scenes --root "$FRAMES" --features aliked --device "$DEVICE" --matcher $m --repeats 3 \
       --maps-dir /tmp/maps7 --json "$OUT/7scenes_aliked_$m.json" > "$OUT/7scenes_aliked_$m.md" 2>&1
   done
   # 3. the service: 128 robots x 5 Hz over loopback, ALIKED maps, micro-batches, NN 2D-3D
   for mode in "" "--stream"; do
+    want serve || break
     log "bench serve $mode"
     timeout 300 $PY bench serve --root "$FRAMES" --features aliked --device "$DEVICE" --matcher nn \
       --robots "$ROBOTS" --hz 5 --seconds "$SECONDS_LOAD" --workers 4 --workdir /tmp/serve-cache $mode \
@@ -96,12 +105,23 @@ run)
   done
   # 4. the same with LightGlue at query time (the accuracy option)
   for m in lightglue; do
+    want lightglue || break
     [ -n "${SMOKE:-}" ] && [ $m = lightglue ] && continue
     log "bench 7scenes aliked $m"
     timeout 420 $PY bench 7scenes --root "$FRAMES" --features aliked --device "$DEVICE" --matcher $m --repeats 3 \
       --maps-dir /tmp/maps7 --json "$OUT/7scenes_aliked_$m.json" > "$OUT/7scenes_aliked_$m.md" 2>&1
   done
+  # 5. cross-validated folds (issue 17): ALIKED maps per fold, NN and LightGlue at query time
+  for m in nn lightglue; do
+    want cv || break
+    [ -n "${SMOKE:-}" ] && [ $m = lightglue ] && continue
+    log "bench 7scenes cv aliked $m"
+    timeout 420 $PY bench 7scenes --root "$FRAMES" --protocol cv --degradations '' --features aliked \
+      --device "$DEVICE" --matcher $m --repeats 3 --maps-dir /tmp/maps7cv \
+      --json "$OUT/7scenes_cv_aliked_$m.json" > "$OUT/7scenes_cv_aliked_$m.md" 2>&1
+  done
   log "done"
+  tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
   ;;
 *)
   echo "usage: bench/gpu.sh stage|install|run OUT" >&2; exit 2 ;;
