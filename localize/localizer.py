@@ -464,7 +464,8 @@ class Localizer:
         c = self.cfg
         n_min, ratio_min, pos_max = (c.min_inliers, c.min_inlier_ratio, c.max_position_sigma_m) \
             if not self.map.learned else (c.learned_min_inliers, c.learned_min_inlier_ratio,
-                                          c.learned_max_position_sigma_m)
+                                          c.lightglue_max_position_sigma_m if c.learned_matcher == "lightglue"
+                                          else c.learned_max_position_sigma_m)
         if r.num_inliers < n_min:
             return False, f"too few inliers ({r.num_inliers} < {n_min})"
         if r.inlier_ratio < ratio_min:

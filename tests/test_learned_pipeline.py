@@ -123,6 +123,21 @@ def test_learned_point_uncertainty_weighs_the_pose_with_the_points_covariance(bu
         assert not np.allclose(a.cam_from_world.matrix3x4(), b.cam_from_world.matrix3x4(), atol=1e-12)
 
 
+def test_each_learned_matcher_is_bounded_by_its_own_position_sigma(bundle, queries):
+    """LightGlue poses use ``lightglue_max_position_sigma_m``, nearest-neighbour ones
+    ``learned_max_position_sigma_m`` (chosen apart on the cv folds)."""
+    rgb = queries[0][0]
+    cfg = LocalizerConfig(features="aliked", device="cpu", learned_max_position_sigma_m=1.0,
+                          lightglue_max_position_sigma_m=1e-6)
+    lg = Localizer(bundle[0], replace(cfg, learned_matcher="lightglue")).localize(rgb, DEFAULT_CAMERA)
+    nn = Localizer(bundle[0], replace(cfg, learned_matcher="nn")).localize(rgb, DEFAULT_CAMERA)
+    assert not lg.accepted and "position uncertainty" in lg.reason
+    assert nn.accepted, nn.reason
+    swapped = replace(cfg, learned_matcher="nn", learned_max_position_sigma_m=1e-6, lightglue_max_position_sigma_m=1.0)
+    res = Localizer(bundle[0], swapped).localize(rgb, DEFAULT_CAMERA)
+    assert not res.accepted and "position uncertainty" in res.reason
+
+
 def test_half_resolution_queries_are_seen_at_the_map_scale(bundle, queries):
     """learned_match_map_scale: a half-size frame (camera scaled too) is upscaled to the map images'
     side before ALIKED; the pose comes back in the frame's own pixels."""
