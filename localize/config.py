@@ -188,3 +188,11 @@ class LocalizerConfig:
     #: 1.0-1.3 deg: rejected here. Not caught: 26 of 200 such frames, 15-80 cm off at
     #: 1.3-8 cm / 0.3-1 deg (their inliers lie on points seen from narrow baselines).
     max_rotation_sigma_deg: float = 1.0
+
+    def acceptance_bounds(self, learned: bool) -> tuple[int, float, float]:
+        """(min inliers, min inlier ratio, max 1-sigma position metres) for a SIFT or learned set."""
+        if not learned:
+            return self.min_inliers, self.min_inlier_ratio, self.max_position_sigma_m
+        pos_max = self.lightglue_max_position_sigma_m if self.learned_matcher == "lightglue" \
+            else self.learned_max_position_sigma_m
+        return self.learned_min_inliers, self.learned_min_inlier_ratio, pos_max

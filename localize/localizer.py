@@ -196,6 +196,7 @@ class Localizer:
         self.cfg = cfg
         self._pose_cfg = replace(cfg, point_uncertainty=cfg.point_uncertainty and cfg.learned_point_uncertainty) \
             if self.map.learned else cfg
+        self._bounds = cfg.acceptance_bounds(self.map.learned)
         #: bytes of this map resident on the device (learned sets on CUDA), for the cache budget
         self.device_bytes = 0
         self.device = torch.device("cpu")
@@ -462,10 +463,7 @@ class Localizer:
 
     def _accept(self, r: LocalizationResult) -> tuple[bool, str]:
         c = self.cfg
-        n_min, ratio_min, pos_max = (c.min_inliers, c.min_inlier_ratio, c.max_position_sigma_m) \
-            if not self.map.learned else (c.learned_min_inliers, c.learned_min_inlier_ratio,
-                                          c.lightglue_max_position_sigma_m if c.learned_matcher == "lightglue"
-                                          else c.learned_max_position_sigma_m)
+        n_min, ratio_min, pos_max = self._bounds
         if r.num_inliers < n_min:
             return False, f"too few inliers ({r.num_inliers} < {n_min})"
         if r.inlier_ratio < ratio_min:
