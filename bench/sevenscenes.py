@@ -322,7 +322,7 @@ def run_7scenes_bench_full(root: Path, out_json: Path | None = Path("bench-resul
     with tempfile.TemporaryDirectory(prefix="vloc-bench7-", dir=workdir) as tmp:
         if "cv" in cfg.protocols:
             from bench.sevenscenes_cv import run_cv
-            result["protocol"]["cv"] = (f"blocks of {cfg.block} frames; each non-empty proper subset of the blocks "
+            result["protocol"]["cv"] = (f"blocks of {cfg.block} frames; each block alone and each block left out "
                                         f"is one fold's map (n % {cfg.revisit_stride} == 0), queries: the "
                                         f"other blocks' n % {cfg.revisit_stride} == 0 frames; pgt_sfm; mean over "
                                         "folds, worst = the fold with the lowest 2 cm / 1 deg share")

@@ -235,7 +235,7 @@ def test_cli_reports_missing_pgt_file(tmp_path) -> None:
     assert "error:" in r.output or "error:" in (r.stderr if hasattr(r, "stderr") else "")
 
 
-def test_cv_folds_cover_every_proper_subset_of_blocks_including_one_pass_maps():
+def test_cv_folds_of_three_blocks_are_every_proper_subset_including_one_pass_maps():
     from bench.sevenscenes_cv import cv_folds
     folds = cv_folds(range(300), block=100, stride=5)
     assert [(m, q) for m, q, _ in folds] == [([0], [1, 2]), ([1], [0, 2]), ([2], [0, 1]),
@@ -245,6 +245,21 @@ def test_cv_folds_cover_every_proper_subset_of_blocks_including_one_pass_maps():
         assert all(n % 5 == 0 and n // 100 in m for n in split.map)
         assert all(n % 5 == 0 and n // 100 in q for n in split.queries)
     assert cv_folds(range(100)) == []  # one block: nothing to hold out
+    assert [(m, q) for m, q, _ in cv_folds(range(200))] == [([0], [1]), ([1], [0])]
+
+
+def test_cv_folds_of_a_long_sequence_stay_linear_in_its_blocks():
+    """A whole 1000-frame sequence: each block alone and each block left out (20 folds), not all
+    1022 proper subsets of ten blocks."""
+    from bench.sevenscenes_cv import cv_folds
+    folds = cv_folds(range(1000), block=100, stride=5)
+    assert len(folds) == 20
+    one_pass, left_out = folds[:10], folds[10:]
+    assert [m for m, _, _ in one_pass] == [[b] for b in range(10)]
+    assert sorted(q for _, q, _ in left_out) == [[b] for b in range(10)]
+    for m, q, split in folds:
+        assert sorted(m + q) == list(range(10))
+        assert len(split.map) == 20 * len(m) and len(split.queries) == 20 * len(q)
 
 
 def test_cv_mean_worst_and_confident_wrong_answers():
