@@ -38,10 +38,10 @@ from mapping.config import BuildConfig
 from mapping.feature_store import ImageKeypoints, load_feature_arrays
 from mapping.match import load_matches
 from mapping.partition import assign_pairs, partition_balanced, partition_view_graph, view_graph
-from mapping.partition_merge import PartInputs, merge_tile_tables, triangulate_tile
+from mapping.partition_merge import PartInputs, finish_tile, merge_tile_tables, triangulate_tile
 from mapping.partition_sfm import align_models, merge_aligned, reconstruct_cluster
 from mapping.point_table import PointTable
-from mapping.reconstruct import ReconstructionConfig, filter_points
+from mapping.reconstruct import ReconstructionConfig
 from mapping.stage_cache import StageCache, content_key
 from vision.matching import VerifiedPair
 
@@ -181,8 +181,8 @@ def part_jobs(plan: PartitionPlan, records: Sequence[ImageRecord], cfg: BuildCon
 def run_part(job: PartJob, keypoints: Sequence | None = None,
              verified: Mapping[tuple[int, int], VerifiedPair] | None = None) -> dict:
     """Reconstruct one part into ``job.folder`` (:attr:`PartJob.output` and ``summary.json``); its
-    summary. A tile is triangulated, filtered (:func:`mapping.reconstruct.filter_points`) and
-    coloured here, and leaves its points as a :class:`PointTable` of global image indices; a cluster
+    summary. A tile is triangulated and finished here (:func:`mapping.partition_merge.finish_tile`:
+    conflicting tracks, filter, colours), and leaves its points as a :class:`PointTable` of global image indices; a cluster
     leaves its model. Inputs from the work directory (``job.cache_root``) or, without one,
     ``keypoints`` (by global image index: objects with ``.keypoints``) and ``verified`` (global
     pairs). A finished part is read back, not run again. An unposed cluster that registers nothing
@@ -217,9 +217,7 @@ def run_part(job: PartJob, keypoints: Sequence | None = None,
         if job.kind == "tiles":
             model = triangulate_tile(part, scratch, job.cfg)
             if model is not None:
-                filtered = filter_points(model, job.cfg)
-                if job.images_root is not None:
-                    model.extract_colors_for_all_images(job.images_root)
+                filtered = finish_tile(model, job.cfg, job.images_root)
                 PointTable.of_model(model, {r.name: int(g) for r, g in zip(job.records, job.index)}).save(
                     scratch / "points.npz")
         else:

@@ -26,6 +26,7 @@ from core.geometry import Rigid3
 from core.types import ImageRecord, VlocError
 from mapping.partition import PartitionConfig, assign_pairs, partition_posed
 from mapping.point_table import PointTable
+from mapping.track_conflicts import split_conflicting_tracks
 from mapping.reconstruct import (
     ReconstructionConfig,
     filter_points,
@@ -292,7 +293,7 @@ def partitioned_triangulation(records: list[ImageRecord], features: list[Feature
         model = triangulate_tile(parts[k], fresh_folder(workdir, f"tile{k:03d}"), run_cfg)
         if model is None:
             return None
-        filter_points(model, cfg)
+        finish_tile(model, cfg)
         return PointTable.of_model(model, {r.name: int(g) for r, g in zip(parts[k].records, parts[k].index)})
 
     with ThreadPoolExecutor(max(1, pcfg.workers)) as ex:
@@ -317,6 +318,19 @@ def triangulate_tile(part: PartInputs, folder: Path, cfg: ReconstructionConfig) 
         return triangulate_known_poses(part.records, part.features, part.verified, Path(folder), cfg)
     except VlocError:
         return None
+
+
+def finish_tile(model: pycolmap.Reconstruction, cfg: ReconstructionConfig, images_root: Path | None = None) -> int:
+    """A triangulated tile made ready to merge, in place: conflicting tracks split when
+    ``cfg.split_conflicting_tracks`` (:mod:`mapping.track_conflicts`), points filtered
+    (:func:`mapping.reconstruct.filter_points`), coloured from ``images_root`` when given.
+    Returns how many points the filter removed."""
+    if cfg.split_conflicting_tracks:
+        split_conflicting_tracks(model, cfg.max_reproj_error_px, cfg.min_tri_angle_deg)
+    removed = filter_points(model, cfg)
+    if images_root is not None:
+        model.extract_colors_for_all_images(str(images_root))
+    return removed
 
 
 def fresh_folder(workdir: Path, name: str) -> Path:

@@ -44,6 +44,13 @@ class ReconstructionConfig:
     #: 2.0 s at the same global-query accuracy; but 1 round left a longer tail in 400-px tracking
     #: (one map: max 15.8 cm vs 4.8 cm), 2 rounds did not.
     posed_ba_refinements: int = 2
+    #: posed maps: split tracks that observe one image twice (:mod:`mapping.track_conflicts`, what
+    #: the tuned reference of the accuracy issue does) before filtering. Measured on the cv mean
+    #: (`vloc bench 7scenes --protocol cv`, redkitchen, 6 folds, 2026-12-04), within 2 cm / 1 deg and
+    #: median: as triangulated 89.2 % / 0.99 cm; split 87.9 % / 1.00 cm; only the best sub-track
+    #: kept 88.3 % / 0.98 cm; conflicting points deleted 85.8 % / 0.94 cm (one-pass maps lose
+    #: coverage, one pose 15 cm off accepted). Off: not chosen by the cv mean.
+    split_conflicting_tracks: bool = False
     #: keep two-view tracks (COLMAP drops them by default); useful for small maps.
     keep_two_view_tracks: bool = True
     #: unposed: rounds of retriangulation + track merging + global bundle adjustment after the
