@@ -196,7 +196,8 @@ class Localizer:
         self.cfg = cfg
         self._pose_cfg = replace(cfg, point_uncertainty=cfg.point_uncertainty and cfg.learned_point_uncertainty) \
             if self.map.learned else cfg
-        self._bounds = cfg.acceptance_bounds(self.map.learned)
+        self._bounds = cfg.acceptance_bounds(self.map.learned, self.map.feature_set.name
+                                             if self.map.feature_set is not None else None)
         #: bytes of this map resident on the device (learned sets on CUDA), for the cache budget
         self.device_bytes = 0
         self.device = torch.device("cpu")

@@ -198,8 +198,28 @@ def test_a_disk_map_builds_and_localizes(images, queries, tmp_path):
     # and localizing, so it weighs the pose as pycolmap does (learned_point_uncertainty off)
     loc = Localizer(tmp_path / "disk", LocalizerConfig(learned_matcher="nn", learned_max_keypoints=1024, device="cpu",
                                                        learned_point_uncertainty=False,
-                                                       learned_max_position_sigma_m=0.10))
+                                                       learned_max_position_sigma_m=0.10,
+                                                       disk_max_position_sigma_m=0.10))
     _check_accurate([loc.localize(rgb, DEFAULT_CAMERA) for rgb, _ in queries[:2]], queries[:2])
+    # by default a DISK set gets its own (tighter) position bound, chosen on the DISK cv folds
+    strict = Localizer(tmp_path / "disk", LocalizerConfig(learned_matcher="nn", learned_max_keypoints=1024,
+                                                          device="cpu", learned_point_uncertainty=False,
+                                                          learned_max_position_sigma_m=0.10))
+    res = strict.localize(queries[0][0], DEFAULT_CAMERA)
+    assert res.position_sigma_m is not None
+    assert res.accepted == (res.position_sigma_m <= LocalizerConfig().disk_max_position_sigma_m), res.reason
+
+
+def test_acceptance_bounds_per_feature_set():
+    cfg = LocalizerConfig()
+    assert cfg.acceptance_bounds(False, "sift") == (cfg.min_inliers, cfg.min_inlier_ratio, cfg.max_position_sigma_m)
+    assert cfg.acceptance_bounds(True, "aliked")[2] == cfg.lightglue_max_position_sigma_m
+    assert cfg.acceptance_bounds(True, "disk")[2] == cfg.disk_max_position_sigma_m < cfg.lightglue_max_position_sigma_m
+    nn = replace(cfg, learned_matcher="nn")
+    assert nn.acceptance_bounds(True, "aliked-n32")[2] == nn.learned_max_position_sigma_m
+    assert nn.acceptance_bounds(True, "disk")[2] == nn.disk_max_position_sigma_m
+    assert replace(cfg, disk_max_position_sigma_m=1.0).acceptance_bounds(True, "disk")[2] == \
+        cfg.lightglue_max_position_sigma_m  # a cap, never a looser bound than the matcher's
 
 
 def test_service_feature_sets_422_and_micro_batches(bundle, queries, tmp_path):
