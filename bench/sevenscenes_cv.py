@@ -30,17 +30,17 @@ def cv_folds(frames: Iterable[int], block: int = 100, stride: int = 5) -> list[t
     map once (two blocks: the same two folds)."""
     fs = sorted(set(int(n) for n in frames))
     blocks = sorted({n // block for n in fs})
+    if len(blocks) < 2:
+        return []
+    one_pass = [(b,) for b in blocks]
+    left_out = [tuple(b for b in blocks if b != left) for left in reversed(blocks)]
+    kept = [n for n in fs if n % stride == 0]
     out = []
-    maps = [[b] for b in blocks] + [[b for b in blocks if b != left] for left in reversed(blocks)]
-    seen: set[tuple[int, ...]] = set()
-    for chosen in maps:
-        if 0 < len(chosen) < len(blocks) and tuple(chosen) not in seen:
-            seen.add(tuple(chosen))
-            others = [b for b in blocks if b not in chosen]
-            kept = [n for n in fs if n % stride == 0]
-            split = Split(map=[n for n in kept if n // block in chosen], queries=[n for n in kept if n // block in others])
-            if len(split.map) >= 2 and split.queries:
-                out.append((list(chosen), others, split))
+    for chosen in dict.fromkeys(one_pass + left_out):  # each map once, in order
+        others = [b for b in blocks if b not in chosen]
+        split = Split(map=[n for n in kept if n // block in chosen], queries=[n for n in kept if n // block in others])
+        if len(split.map) >= 2 and split.queries:
+            out.append((list(chosen), others, split))
     return out
 
 

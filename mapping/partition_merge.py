@@ -26,13 +26,13 @@ from core.geometry import Rigid3
 from core.types import ImageRecord, VlocError
 from mapping.partition import PartitionConfig, assign_pairs, partition_posed
 from mapping.point_table import PointTable
-from mapping.track_conflicts import split_conflicting_tracks
 from mapping.reconstruct import (
     ReconstructionConfig,
     filter_points,
     posed_reconstruction,
     triangulate_known_poses,
 )
+from mapping.track_conflicts import split_conflicting_tracks
 from vision.features import Features
 from vision.matching import VerifiedPair
 

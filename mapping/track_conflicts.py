@@ -32,6 +32,11 @@ def _sub_tracks(image_ids: list[int], errors: np.ndarray) -> list[list[int]]:
     return groups
 
 
+def is_conflicting(point: pycolmap.Point3D) -> bool:
+    """Whether the point's track observes some image more than once."""
+    return len({e.image_id for e in point.track.elements}) < point.track.length()
+
+
 def split_conflicting_tracks(rec: pycolmap.Reconstruction, max_error_px: float,
                              min_tri_angle_deg: float) -> dict[str, int]:
     """Split every track of ``rec`` (in place) that observes one image twice; returns counts:
@@ -42,8 +47,7 @@ def split_conflicting_tracks(rec: pycolmap.Reconstruction, max_error_px: float,
     opts.ransac.max_error = float(max_error_px)
     opts.ransac.random_seed = 0
     opts.min_tri_angle = float(np.radians(min_tri_angle_deg))
-    conflicting = [pid for pid, p in rec.points3D.items()
-                   if len({e.image_id for e in p.track.elements}) < p.track.length()]
+    conflicting = [pid for pid, p in rec.points3D.items() if is_conflicting(p)]
     kept = dropped = 0
     for pid in conflicting:
         point = rec.points3D[pid]
@@ -55,7 +59,7 @@ def split_conflicting_tracks(rec: pycolmap.Reconstruction, max_error_px: float,
             xy.append(image.points2D[idx].xy)
             cams_from_world.append(image.cam_from_world())
             cameras.append(camera)
-            proj = camera.img_from_cam(image.cam_from_world() * point.xyz)
+            proj = camera.img_from_cam(cams_from_world[-1] * point.xyz)
             errors.append(np.inf if proj is None else float(np.linalg.norm(proj - xy[-1])))
         color = np.asarray(point.color, np.uint8)
         rec.delete_point3D(pid)

@@ -10,20 +10,26 @@ from mapping.track_conflicts import _sub_tracks, split_conflicting_tracks
 from vision.features import Features
 
 
+def _posed(X: np.ndarray, xs: tuple[float, ...]) -> pycolmap.Reconstruction:
+    """Images at x = ``xs`` (identity rotation) whose keypoint k is the exact projection of X[k];
+    registered at their poses, no 3D points yet."""
+    cam = Camera("PINHOLE", 200, 200, (200.0, 200.0, 100.0, 100.0))
+    poses = [Rigid3(np.eye(3), np.array([-x, 0.0, 0.0])) for x in xs]
+    records = [ImageRecord(f"im{i}.png", cam, T) for i, T in enumerate(poses)]
+    n = len(X)
+    feats = [Features(cam.project(T.transform(X)).astype(np.float32), np.ones(n, np.float32),
+                      np.zeros(n, np.float32), np.zeros((n, 128), np.uint8)) for T in poses]
+    return posed_reconstruction(records, feats)
+
+
 def test_sub_tracks_take_each_image_once_best_first():
     assert _sub_tracks([1, 2, 2, 3, 1], np.array([0.1, 0.2, 0.5, 0.3, 3.0])) == [[0, 1, 3], [2, 4]]
     assert _sub_tracks([1, 2, 3], np.array([1.0, 0.0, 2.0])) == [[1, 0, 2]]
 
 
 def test_a_track_joining_two_scene_points_splits_into_both():
-    cam = Camera("PINHOLE", 200, 200, (200.0, 200.0, 100.0, 100.0))
-    poses = [Rigid3(np.eye(3), np.array([-x, 0.0, 0.0])) for x in (0.0, 0.4, 0.8, 1.2)]
     X = np.array([[0.6, 0.1, 4.0], [0.64, 0.12, 4.0], [0.1, -0.2, 5.0]])   # X0, X1 ~2 px apart
-    kps = [cam.project(T.transform(X)) for T in poses]                      # keypoint k observes X[k]
-    records = [ImageRecord(f"im{i}.png", cam, T) for i, T in enumerate(poses)]
-    feats = [Features(k.astype(np.float32), np.ones(3, np.float32), np.zeros(3, np.float32),
-                      np.zeros((3, 128), np.uint8)) for k in kps]
-    rec = posed_reconstruction(records, feats)
+    rec = _posed(X, (0.0, 0.4, 0.8, 1.2))
 
     def add(xyz, obs):
         t = pycolmap.Track()
@@ -48,14 +54,8 @@ def test_a_track_joining_two_scene_points_splits_into_both():
 
 
 def test_a_sub_track_of_one_image_is_dropped():
-    cam = Camera("PINHOLE", 200, 200, (200.0, 200.0, 100.0, 100.0))
-    poses = [Rigid3(np.eye(3), np.array([-x, 0.0, 0.0])) for x in (0.0, 0.4)]
     X = np.array([[0.3, 0.1, 4.0], [-0.5, 0.4, 3.0]])
-    kps = [cam.project(T.transform(X)) for T in poses]
-    records = [ImageRecord(f"im{i}.png", cam, T) for i, T in enumerate(poses)]
-    feats = [Features(k.astype(np.float32), np.ones(2, np.float32), np.zeros(2, np.float32),
-                      np.zeros((2, 128), np.uint8)) for k in kps]
-    rec = posed_reconstruction(records, feats)
+    rec = _posed(X, (0.0, 0.4))
     t = pycolmap.Track()
     # image 0 twice (both points), image 1 once (X0): the second sub-track has one image -> dropped
     t.add_elements([pycolmap.TrackElement(1, 0), pycolmap.TrackElement(2, 0), pycolmap.TrackElement(1, 1)])
