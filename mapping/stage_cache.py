@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def content_key(*parts) -> str:
             h.update(json.dumps(p, sort_keys=True, default=str).encode())
         h.update(b"\x00")
     return h.hexdigest()
+
+
+#: npz headers are parsed with ``ast.literal_eval``, which CPython 3.11.7 (this project's
+#: interpreter) failed with "SystemError: AST constructor recursion depth mismatch" when threads
+#: parsed at once (a build's parts read their cached features on a thread pool; seen once in
+#: `make test`): entries are read one at a time.
+_READ_LOCK = threading.Lock()
 
 
 class StageCache:
@@ -58,7 +66,7 @@ class StageCache:
             self.misses += 1
             return None
         try:
-            with np.load(p, allow_pickle=False) as z:
+            with _READ_LOCK, np.load(p, allow_pickle=False) as z:
                 out = {k: z[k] for k in (z.files if names is None else names)}
         except (OSError, ValueError, EOFError, KeyError):  # a damaged entry is recomputed, never trusted
             p.unlink(missing_ok=True)
